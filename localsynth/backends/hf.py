@@ -1,0 +1,120 @@
+"""transformers backend: batched generation on CPU or GPU, for small machines and smoke runs.
+
+Batches are formed from the requests sorted by prompt length (less padding), and each batch is
+seeded from its members' seeds. A batch's arithmetic then depends only on its members, so a
+shard resumed after a crash re-forms the same batches and, on CPU, produces the same text.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+from localsynth.backends.base import ChatRequest, Completion, Results, hub_error, local_model_dir
+from localsynth.config import GeneratorConfig, Sampling
+from localsynth.errors import UserError, require
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, cfg: GeneratorConfig):
+        self.cfg = cfg
+        self.settings = cfg.hf
+        self.model_name = cfg.model or "tiny-smoke-llama"
+        self.model = None
+        self.tokenizer = None
+
+    def load(self) -> None:
+        torch = require("torch", "dev")
+        transformers = require("transformers", "dev")
+        device = resolve_device(self.settings.device, torch)
+        if self.cfg.model:
+            path = local_model_dir(self.cfg.model)
+        else:
+            from localsynth.tiny import smoke_model_dir
+
+            path = str(smoke_model_dir())
+        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            self.settings.dtype
+        ]
+        if dtype == "auto" and device == "cpu":
+            dtype = torch.float32  # half precision on CPU is slow and changes results
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        except OSError as exc:
+            if path == self.cfg.model:
+                raise hub_error(path) from exc
+            raise UserError(f"generator.model: cannot load a causal LM from {path}: {exc}") from exc
+        if self.tokenizer.chat_template is None:
+            raise UserError(f"generator.model: the tokenizer in {path} has no chat template; use a chat/instruct model")
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = device
+
+    def generate(self, requests: Sequence[ChatRequest], sampling: Sampling) -> Results:
+        import torch
+
+        prompts = [
+            self.tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True)
+            for r in requests
+        ]
+        lengths = [len(p) for p in prompts]
+        order = sorted(range(len(requests)), key=lambda i: (lengths[i], requests[i].id))
+        size = self.settings.batch_size
+        eos = self.tokenizer.eos_token_id
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            seed = zlib.crc32(",".join(str(requests[i].seed) for i in batch).encode())
+            torch.manual_seed(seed)
+            enc = self.tokenizer(
+                [prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
+            sample = sampling.temperature > 0
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **enc,
+                    do_sample=sample,
+                    temperature=sampling.temperature if sample else None,
+                    top_p=sampling.top_p if sample else None,
+                    max_new_tokens=sampling.max_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    stop_strings=sampling.stop or None,
+                    tokenizer=self.tokenizer if sampling.stop else None,
+                )
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+            results = []
+            for row, pos in enumerate(batch):
+                tokens = new[row]
+                stopped = eos in tokens
+                if stopped:
+                    tokens = tokens[: tokens.index(eos)]
+                else:
+                    tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                finish = "stop" if stopped or len(tokens) < sampling.max_tokens else "length"
+                results.append((pos, Completion(text, finish, int(prompt_lens[row]), len(tokens))))
+            yield results
+
+    def close(self) -> None:
+        self.model = None
+        self.tokenizer = None
+
+
+def resolve_device(device: str, torch) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            raise UserError(
+                f"generator.hf.device is '{device}' but this machine has {count} visible CUDA GPU(s); "
+                f"set generator.hf.device=cpu (or auto)"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("generator.hf.device is 'mps' but MPS is not available; set generator.hf.device=cpu")
+    return device

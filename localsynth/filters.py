@@ -1,0 +1,146 @@
+"""Turn raw model outputs into clean texts, and decide which ones to keep.
+
+Stateless checks (cleaning, empty, truncated, refusal, length, copying a few-shot example) run
+vectorised in Polars over a whole round. Stateful ones (exact and near duplicates, quotas) run
+in request order against what the shard has kept so far, so the decisions are the same whether
+a shard ran in one go or was resumed.
+
+Near duplicates: word-set Jaccard similarity with any kept text at or above a threshold. MinHash
+signatures (computed for a whole round at once in NumPy) and LSH bands find candidates; the exact
+Jaccard decides, so there are no false positives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from localsynth.config import Filters
+
+# Preambles that chat models put before the text they were asked for.
+_PREAMBLE = r"(?is)^\s*(?:(?:sure|certainly|okay|ok)[,!.]?\s*)?(?:here(?:'s| is| are)\b[^\n]*?:\s*)"
+_FIELD_PREFIX = r"(?i)^\s*(?:text|message|sms|review|headline|tweet|sentence|article|comment|output)\s*\d*\s*:\s*"
+_QUOTES = "\"'“”‘’`"
+_REFUSAL = (
+    r"(?i)^\s*(?:i'm sorry|i am sorry|sorry, (?:but )?i|i cannot|i can't|i can not|i won't|i will not|"
+    r"as an ai\b|i'm unable|i am unable|i'm not able|i am not able)"
+)
+
+_BANDS, _ROWS = 6, 3  # 18 MinHash permutations; P(candidate) = 0.99 at Jaccard 0.8, 0.15 at 0.3
+_rng = np.random.default_rng(20231007)
+_A = (_rng.integers(1, 2**62, size=_BANDS * _ROWS, dtype=np.uint64) | np.uint64(1))
+_B = _rng.integers(0, 2**62, size=_BANDS * _ROWS, dtype=np.uint64)
+_MIX = _rng.integers(1, 2**62, size=_ROWS, dtype=np.uint64) | np.uint64(1)
+
+
+def normalize_expr(col: pl.Expr) -> pl.Expr:
+    """Lower-case, punctuation to spaces, collapsed whitespace: the key for duplicates."""
+    return col.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars()
+
+
+def clean(raw: pl.Series) -> pl.DataFrame:
+    """Columns text (cleaned output, null when empty) and parse_error (null, or why)."""
+    text = (
+        pl.col("raw")
+        .str.replace(_PREAMBLE, "")
+        .str.replace(_FIELD_PREFIX, "")
+        .str.strip_chars()
+        .str.strip_chars(_QUOTES)
+        .str.strip_chars()
+    )
+    df = pl.DataFrame({"raw": raw}).select(text.alias("text"))
+    empty = pl.col("text").is_null() | (pl.col("text").str.len_chars() == 0)
+    return df.select(
+        pl.when(empty).then(None).otherwise(pl.col("text")).alias("text"),
+        pl.when(empty).then(pl.lit("empty_output")).otherwise(None).alias("parse_error"),
+    )
+
+
+def stateless_reasons(df: pl.DataFrame, filters: Filters, max_words: int) -> pl.Series:
+    """Why each row fails a check that needs no memory of earlier rows (null: passes).
+    Expects columns text, finish_reason."""
+    words = pl.col("text").str.count_matches(r"\S+")
+    reason = (
+        pl.when(pl.col("text").is_null())
+        .then(None)
+        .when(pl.lit(filters.drop_truncated) & (pl.col("finish_reason") == "length"))
+        .then(pl.lit("truncated"))
+        .when(pl.lit(filters.drop_refusals) & pl.col("text").str.contains(_REFUSAL))
+        .then(pl.lit("refusal"))
+        .when(words < filters.min_words)
+        .then(pl.lit("too_short"))
+        .when(words > max_words)
+        .then(pl.lit("too_long"))
+        .otherwise(None)
+    )
+    return df.select(reason.alias("reason"))["reason"]
+
+
+def word_set(normalized: str) -> frozenset[str]:
+    return frozenset(normalized.split())
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def copies_example(normalized: str, examples_normalized: Sequence[str], threshold: float) -> bool:
+    """An output that contains an example whole, or shares most of its words with one."""
+    words = word_set(normalized)
+    for example in examples_normalized:
+        if example and (example in normalized or jaccard(words, word_set(example)) >= threshold):
+            return True
+    return False
+
+
+def band_keys(normalized: pl.Series) -> np.ndarray:
+    """LSH band keys (rows x bands, uint64) from MinHash signatures over word sets."""
+    if normalized.len() == 0:
+        return np.zeros((0, _BANDS), dtype=np.uint64)
+    words = normalized.fill_null("").str.split(" ")
+    lengths = words.list.len().to_numpy().astype(np.int64)
+    hashed = words.explode().hash(seed=7).to_numpy()
+    with np.errstate(over="ignore"):
+        permuted = hashed[:, None] * _A[None, :] + _B[None, :]
+        starts = np.concatenate((np.zeros(1, dtype=np.int64), np.cumsum(lengths)[:-1]))
+        signature = np.minimum.reduceat(permuted, starts, axis=0)
+        sig = signature.reshape(-1, _BANDS, _ROWS)
+        keys = (sig * _MIX[None, None, :]).sum(axis=2)
+    return keys + np.arange(_BANDS, dtype=np.uint64)[None, :]  # distinct key spaces per band
+
+
+class DedupIndex:
+    """What a shard has kept: exact keys and LSH buckets of word sets."""
+
+    def __init__(self, near_threshold: float | None):
+        self.near_threshold = near_threshold
+        self.exact: set[str] = set()
+        self.buckets: dict[int, list[int]] = {}
+        self.word_sets: list[frozenset[str]] = []
+
+    def check(self, normalized: str, keys: Sequence[int], exact: bool) -> str | None:
+        """'duplicate', 'near_duplicate' or None, without changing the index."""
+        if exact and normalized in self.exact:
+            return "duplicate"
+        if self.near_threshold is None:
+            return None
+        words = None
+        for key in keys:
+            for idx in self.buckets.get(key, ()):
+                words = words if words is not None else word_set(normalized)
+                if jaccard(words, self.word_sets[idx]) >= self.near_threshold:
+                    return "near_duplicate"
+        return None
+
+    def add(self, normalized: str, keys: Sequence[int]) -> None:
+        self.exact.add(normalized)
+        if self.near_threshold is None:
+            return
+        idx = len(self.word_sets)
+        self.word_sets.append(word_set(normalized))
+        for key in keys:
+            self.buckets.setdefault(key, []).append(idx)

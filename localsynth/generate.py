@@ -1,0 +1,290 @@
+"""The generation stage: plan conversations -> backend -> clean, filter, dedup -> Parquet shard.
+
+Conversations advance in lockstep: each round sends the next turn of every open conversation
+as one batch, so the engine stays full while each conversation keeps its own history. A label's
+conversations close once its quota of kept rows is met; when they have all closed short of it,
+a top-up opens new ones (at most `quota.max_topup_rounds` times).
+
+Everything is a function of the config and the completions received, and every request has its
+own seed and id. A resumed shard replays its logged completions through the same loop and asks
+the backend only for what is missing: none lost, none duplicated, and with a deterministic
+backend the same rows as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from localsynth import filters as F
+from localsynth.backends.base import Backend, ChatRequest, Completion
+from localsynth.config import GenerateConfig
+from localsynth.io import write_json_atomic, write_parquet_atomic
+from localsynth.progress import GenerationProgress, log
+from localsynth.prompts import Example, derive_seed, sample_examples, sample_style, system_message, user_turn
+from localsynth.rundir import CompletionLog, Shard, ShardPaths, prepare
+from localsynth.schema import ROW_SCHEMA
+
+
+@dataclass
+class Conversation:
+    label: str
+    index: int  # global: conversation k of this shard is k * shard.count + shard.index
+    messages: list[dict[str, str]] = field(default_factory=list)
+    turns_done: int = 0
+    open: bool = True
+
+
+@dataclass
+class Planned:
+    conversation: Conversation
+    request: ChatRequest
+    turn: int
+    style: dict[str, str]
+    examples: list[Example]
+
+
+def default_run_dir(cfg: GenerateConfig) -> Path:
+    return Path(cfg.run_dir or f"runs/{cfg.task.name}-{cfg.mode}")
+
+
+def load_pool(cfg: GenerateConfig) -> dict[str, list[str]] | None:
+    if cfg.mode != "few-shot":
+        return None
+    from localsynth.data import example_pool, load_source
+
+    key = "task.few_shot.source"
+    df = load_source(cfg.task.few_shot.source, key)
+    return example_pool(df, cfg.task.label_names, key)
+
+
+class ShardGenerator:
+    def __init__(self, cfg: GenerateConfig, shard: Shard, pool: dict[str, list[str]] | None):
+        self.cfg = cfg
+        self.shard = shard
+        self.pool = pool
+        self.turns = cfg.task.conversation.turns if cfg.mode == "zero-shot" else cfg.task.few_shot.turns
+        self.targets = {label: shard.share(cfg.quota.per_label) for label in cfg.labels}
+        self.kept = Counter()
+        self.openings = Counter()
+        self.next_k = Counter()
+        self.conversations: dict[str, list[Conversation]] = {label: [] for label in cfg.labels}
+        self.dedup = F.DedupIndex(cfg.filters.near_duplicate_jaccard)
+        self.rounds = 0
+
+    # ---------------------------------------------------------------- planning
+
+    def open_conversations(self) -> None:
+        quota = self.cfg.quota
+        for label in self.cfg.labels:
+            missing = self.targets[label] - self.kept[label]
+            if missing <= 0 or any(c.open for c in self.conversations[label]):
+                continue
+            if self.openings[label] > quota.max_topup_rounds:
+                continue
+            count = math.ceil(missing * quota.overgenerate / self.turns)
+            start = self.next_k[label]
+            self.conversations[label] = [
+                Conversation(label, k * self.shard.count + self.shard.index) for k in range(start, start + count)
+            ]
+            self.next_k[label] += count
+            self.openings[label] += 1
+
+    def plan(self, conv: Conversation) -> Planned:
+        task, turn = self.cfg.task, conv.turns_done
+        seed = derive_seed(self.cfg.seed, task.name, conv.label, conv.index, turn)
+        rng = random.Random(seed)
+        style = sample_style(task, rng)
+        examples: list[Example] = []
+        if self.pool is not None:
+            fs = task.few_shot
+            examples = sample_examples(self.pool, conv.label, fs.k, fs.same_label, rng)
+        if turn == 0:
+            conv.messages = [system_message(task, conv.label, style)]
+        user = user_turn(task, conv.label, style, turn, examples, with_labels=self.pool is not None and not task.few_shot.same_label)
+        request = ChatRequest(f"{task.name}/{conv.label}/c{conv.index}/t{turn}", [*conv.messages, user], seed)
+        return Planned(conv, request, turn, style, examples)
+
+    def next_round(self) -> list[Planned]:
+        self.open_conversations()
+        return [self.plan(c) for label in self.cfg.labels for c in self.conversations[label] if c.open]
+
+    # ---------------------------------------------------------------- processing
+
+    def process(self, planned: list[Planned], completions: list[Completion], model: str, backend: str) -> pl.DataFrame:
+        """Rows for one round, with filter decisions; advances conversations and quotas."""
+        cfg, n = self.cfg, len(planned)
+        raw = pl.Series("raw", [c.text for c in completions], dtype=pl.Utf8)
+        cleaned = F.clean(raw)
+        finish = [c.finish_reason for c in completions]
+        reasons = F.stateless_reasons(cleaned.with_columns(finish_reason=pl.Series(finish, dtype=pl.Utf8)), cfg.filters, cfg.max_words)
+        normalized = cleaned.select(F.normalize_expr(pl.col("text")).alias("n"))["n"]
+        keys = F.band_keys(normalized).tolist() if cfg.filters.near_duplicate_jaccard else [()] * n
+        example_norms = None
+        if self.pool is not None:
+            lists = pl.Series([[e.text for e in p.examples] for p in planned], dtype=pl.List(pl.Utf8))
+            example_norms = lists.list.eval(F.normalize_expr(pl.element())).to_list()
+
+        parse_errors = cleaned["parse_error"].to_list()
+        reasons_list, norm_list = reasons.to_list(), normalized.to_list()
+        kept_flags, filter_reasons = [False] * n, [None] * n
+        for i, (p, c) in enumerate(zip(planned, completions, strict=True)):
+            conv = p.conversation
+            if c.error is not None:
+                parse_errors[i] = f"request_failed: {c.error}"
+                conv.open = False  # no reply to build the next turn on
+                continue
+            conv.messages = [*p.request.messages, {"role": "assistant", "content": c.text or ""}]
+            conv.turns_done += 1
+            if conv.turns_done >= self.turns:
+                conv.open = False
+            if parse_errors[i] is not None:
+                continue
+            reason = reasons_list[i]
+            if reason is None and example_norms is not None and F.copies_example(norm_list[i], example_norms[i], cfg.filters.copy_jaccard):
+                reason = "copies_example"
+            if reason is None and (cfg.filters.dedup or cfg.filters.near_duplicate_jaccard):
+                reason = self.dedup.check(norm_list[i], keys[i], cfg.filters.dedup)
+            if reason is None and self.kept[p.conversation.label] >= self.targets[p.conversation.label]:
+                reason = "quota_met"
+            if reason is None:
+                self.dedup.add(norm_list[i], keys[i])
+                self.kept[conv.label] += 1
+                kept_flags[i] = True
+                if self.kept[conv.label] >= self.targets[conv.label]:
+                    for other in self.conversations[conv.label]:
+                        other.open = False
+            filter_reasons[i] = reason
+
+        rows = {
+            "id": [p.request.id for p in planned],
+            "task": [cfg.task.name] * n,
+            "label": [p.conversation.label for p in planned],
+            "text": cleaned["text"],
+            "kept": kept_flags,
+            "parse_error": parse_errors,
+            "filter_reason": filter_reasons,
+            "mode": [cfg.mode] * n,
+            "round": [self.rounds] * n,
+            "conversation": [p.conversation.index for p in planned],
+            "turn": [p.turn for p in planned],
+            "style": [json.dumps(p.style, ensure_ascii=False) for p in planned],
+            "examples": [[e.text for e in p.examples] for p in planned],
+            "messages": [p.request.messages for p in planned],
+            "raw_output": raw,
+            "finish_reason": finish,
+            "prompt_tokens": [c.prompt_tokens for c in completions],
+            "completion_tokens": [c.completion_tokens for c in completions],
+            "model": [model] * n,
+            "backend": [backend] * n,
+            "seed": [p.request.seed for p in planned],
+            "shard": [str(self.shard)] * n,
+        }
+        self.rounds += 1
+        return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+def summarize(df: pl.DataFrame, gen: ShardGenerator, seconds: float, from_log: int, cfg: GenerateConfig) -> dict[str, Any]:
+    dropped = Counter()
+    for reason in df["parse_error"].drop_nulls().to_list():
+        dropped[reason.split(":")[0]] += 1
+    dropped.update(df["filter_reason"].drop_nulls().to_list())
+    prompt = int(df["prompt_tokens"].sum() or 0)
+    completion = int(df["completion_tokens"].sum() or 0)
+    kept = {label: gen.kept[label] for label in cfg.labels}
+    shortfall = {label: gen.targets[label] - kept[label] for label in cfg.labels if kept[label] < gen.targets[label]}
+    stats = {
+        "shard": str(gen.shard),
+        "task": cfg.task.name,
+        "mode": cfg.mode,
+        "backend": cfg.generator.backend,
+        "requests": df.height,
+        "requests_from_log": from_log,
+        "kept": sum(kept.values()),
+        "target_per_label": gen.targets,
+        "kept_per_label": kept,
+        "shortfall_per_label": shortfall,
+        "dropped": dict(sorted(dropped.items())),
+        "rounds": gen.rounds,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(completion / seconds, 2) if seconds > 0 else None,
+        "samples_per_s": round((df.height - from_log) / seconds, 2) if seconds > 0 else None,
+    }
+    price = cfg.generator.pricing
+    if price.input_per_million is not None or price.output_per_million is not None:
+        stats["cost_usd"] = round(
+            prompt / 1e6 * (price.input_per_million or 0) + completion / 1e6 * (price.output_per_million or 0), 6
+        )
+    return stats
+
+
+def run_generate(
+    cfg: GenerateConfig, shard: Shard, run_dir: Path | None = None, backend: Backend | None = None
+) -> dict[str, Any]:
+    """Generate one shard into the run directory, resuming whatever an earlier attempt did.
+    Returns the shard's stats."""
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    paths = ShardPaths(run_dir, shard)
+    if paths.done.is_file():
+        log(f"shard {shard} of {run_dir} is already complete; nothing to do")
+        return json.loads(paths.stats.read_text(encoding="utf-8"))
+    pool = load_pool(cfg)  # bad data is a user error: found before anything is written
+    prepare(paths, cfg.model_dump(mode="json"))
+
+    if backend is None:
+        from localsynth.backends import make_backend
+
+        backend = make_backend(cfg.generator)
+    completion_log = CompletionLog(paths.log_dir, cfg.flush_every_s)
+    gen = ShardGenerator(cfg, shard, pool)
+    total = sum(gen.targets.values())
+    progress = GenerationProgress(total, f"{cfg.task.name} {cfg.mode} shard {shard}", cfg.progress, cfg.log_every_s)
+    if completion_log.cached:
+        log(f"resuming shard {shard}: {len(completion_log.cached)} finished requests found in {paths.log_dir}")
+    loaded, frames, from_log, start = False, [], 0, time.monotonic()
+    try:
+        while planned := gen.next_round():
+            completions: list[Completion | None] = [completion_log.cached.get(p.request.id) for p in planned]
+            todo = [i for i, c in enumerate(completions) if c is None]
+            from_log += len(planned) - len(todo)
+            if todo:
+                if not loaded:
+                    backend.load()
+                    loaded = True
+                subset = [planned[i].request for i in todo]
+                for chunk in backend.generate(subset, cfg.generator.sampling):
+                    entries = []
+                    for pos, completion in chunk:
+                        completions[todo[pos]] = completion
+                        entries.append((subset[pos].id, completion))
+                    completion_log.add(entries)
+                    progress.update(requests=len(chunk), tokens=sum(c.completion_tokens or 0 for _, c in chunk))
+                completion_log.flush()
+            before = sum(gen.kept.values())
+            frames.append(gen.process(planned, completions, backend.model_name, backend.name))
+            progress.update(kept=sum(gen.kept.values()) - before)
+    finally:
+        completion_log.flush()  # keep every finished request, whatever stopped us
+        progress.close()
+        if loaded:
+            backend.close()
+
+    rows = pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
+    stats = summarize(rows, gen, time.monotonic() - start, from_log, cfg)
+    write_parquet_atomic(rows, paths.rows)
+    write_json_atomic(paths.stats, stats)
+    write_json_atomic(paths.done, {"rows": rows.height, "kept": stats["kept"], "shard": str(shard)})
+    completion_log.remove()
+    if stats["shortfall_per_label"]:
+        log(f"warning: shortfall after {cfg.quota.max_topup_rounds} top-up rounds: {stats['shortfall_per_label']}")
+    return stats
