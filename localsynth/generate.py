@@ -16,8 +16,11 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,14 @@ from localsynth.backends.base import Backend, ChatRequest, Completion
 from localsynth.config import GenerateConfig
 from localsynth.io import write_json_atomic, write_parquet_atomic
 from localsynth.progress import GenerationProgress, log
-from localsynth.prompts import Example, derive_seed, sample_examples, sample_style, system_message, user_turn
+from localsynth.prompts import (
+    Example,
+    derive_seed,
+    sample_examples,
+    sample_style,
+    system_message,
+    user_turn,
+)
 from localsynth.rundir import CompletionLog, Shard, ShardPaths, prepare
 from localsynth.schema import ROW_SCHEMA
 
@@ -228,6 +238,35 @@ def summarize(df: pl.DataFrame, gen: ShardGenerator, seconds: float, from_log: i
     return stats
 
 
+@contextmanager
+def _finally_flush(completion_log: CompletionLog, progress: GenerationProgress, backend: Backend, loaded):
+    try:
+        yield
+    finally:
+        completion_log.flush()  # keep every finished request, whatever stopped us
+        progress.close()
+        if loaded():
+            backend.close()
+
+
+@contextmanager
+def stop_on_sigterm():
+    """SIGTERM (SLURM preemption, `scancel`, a time limit) stops the shard like Ctrl-C: the
+    finished requests are flushed to the log and a rerun resumes from there."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_generate(
     cfg: GenerateConfig, shard: Shard, run_dir: Path | None = None, backend: Backend | None = None
 ) -> dict[str, Any]:
@@ -252,7 +291,7 @@ def run_generate(
     if completion_log.cached:
         log(f"resuming shard {shard}: {len(completion_log.cached)} finished requests found in {paths.log_dir}")
     loaded, frames, from_log, start = False, [], 0, time.monotonic()
-    try:
+    with stop_on_sigterm(), _finally_flush(completion_log, progress, backend, lambda: loaded):
         while planned := gen.next_round():
             completions: list[Completion | None] = [completion_log.cached.get(p.request.id) for p in planned]
             todo = [i for i, c in enumerate(completions) if c is None]
@@ -273,11 +312,6 @@ def run_generate(
             before = sum(gen.kept.values())
             frames.append(gen.process(planned, completions, backend.model_name, backend.name))
             progress.update(kept=sum(gen.kept.values()) - before)
-    finally:
-        completion_log.flush()  # keep every finished request, whatever stopped us
-        progress.close()
-        if loaded:
-            backend.close()
 
     rows = pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
     stats = summarize(rows, gen, time.monotonic() - start, from_log, cfg)

@@ -32,6 +32,9 @@ def build_tiny_llama(out_dir: str | Path, vocab_size: int = 1024, layers: int = 
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ class HFBackend:
     def load(self) -> None:
         torch = require("torch", "dev")
         transformers = require("transformers", "dev")
+        transformers.utils.logging.disable_progress_bar()  # our own progress is the one to read
         device = resolve_device(self.settings.device, torch)
         if self.cfg.model:
             path = local_model_dir(self.cfg.model)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from localsynth.backends.base import ChatRequest, Completion, Results, group_identical, local_model_dir
+from localsynth.backends.base import (
+    ChatRequest,
+    Completion,
+    Results,
+    group_identical,
+    local_model_dir,
+)
 from localsynth.config import GeneratorConfig, Sampling
 from localsynth.errors import UserError, require
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,13 +11,13 @@ from localsynth.config import load_generate_config
 
 
 def generate(
-    config: Optional[Path] = typer.Argument(
+    config: Path | None = typer.Argument(
         None, help="Generation config YAML. Default: the embedded smoke config (tiny random model)."
     ),
-    mode: Optional[str] = typer.Option(None, "--mode", help="zero-shot or few-shot (overrides the config)."),
+    mode: str | None = typer.Option(None, "--mode", help="zero-shot or few-shot (overrides the config)."),
     shard: str = typer.Option("0/1", "--shard", help="INDEX/COUNT: this process's part of the work."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set quota.per_label=500 (repeatable)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where rows, stats and markers go."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Where rows, stats and markers go."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, one prompt and the cost; generate nothing."),
 ) -> None:
     """Generate synthetic labelled texts with the configured backend (hf, vllm or openai)."""

@@ -1,0 +1,80 @@
+import itertools
+
+import polars as pl
+
+from localsynth import filters as F
+from localsynth.config import Filters
+
+
+def test_clean_strips_preambles_prefixes_and_quotes():
+    raw = pl.Series(["Sure! Here is a message:\n\"Win a prize now\"", "Text: hello there friend", "   ", None, "plain"])
+    out = F.clean(raw)
+    assert out["text"].to_list() == ["Win a prize now", "hello there friend", None, None, "plain"]
+    assert out["parse_error"].to_list() == [None, None, "empty_output", "empty_output", None]
+
+
+def test_stateless_reasons():
+    df = pl.DataFrame(
+        {
+            "text": ["one two three four", "cut off text here now", "I'm sorry, I can't help", "two words", "w " * 50, None],
+            "finish_reason": ["stop", "length", "stop", "stop", "stop", "stop"],
+        }
+    )
+    reasons = F.stateless_reasons(df, Filters(min_words=3), max_words=40).to_list()
+    assert reasons == [None, "truncated", "refusal", "too_short", "too_long", None]
+    keep_truncated = F.stateless_reasons(df, Filters(min_words=3, drop_truncated=False), max_words=40).to_list()
+    assert keep_truncated[1] is None
+
+
+def _norm(texts):
+    return pl.DataFrame({"t": texts}).select(F.normalize_expr(pl.col("t")))["t"]
+
+
+def test_exact_and_near_duplicates():
+    texts = [
+        "Win a FREE holiday to Spain! Call now to claim your prize today",
+        "win a free holiday to spain call now to claim your prize today!!",  # exact after normalising
+        "Win a free holiday to Spain, call now to claim your prize today please",  # near: 11/12 words
+        "Meeting moved to 3pm tomorrow, bring the quarterly report and slides",
+    ]
+    norms = _norm(texts)
+    keys = F.band_keys(norms).tolist()
+    index = F.DedupIndex(near_threshold=0.8)
+    decisions = []
+    for n, k in zip(norms.to_list(), keys):
+        reason = index.check(n, k, exact=True)
+        decisions.append(reason)
+        if reason is None:
+            index.add(n, k)
+    assert decisions == [None, "duplicate", "near_duplicate", None]
+
+
+def test_near_duplicate_detection_has_no_false_positives_and_high_recall():
+    words = [f"w{i}" for i in range(400)]
+    base = [" ".join(words[i * 20 : i * 20 + 20]) for i in range(20)]  # disjoint word sets
+    variants = [b + " extra" for b in base]  # Jaccard 20/21 = 0.95 with its base
+    far = [" ".join(words[i * 20 : i * 20 + 10] + words[(i + 1) % 20 * 20 : (i + 1) % 20 * 20 + 10]) for i in range(20)]
+    norms = _norm(base + variants + far)
+    keys = F.band_keys(norms).tolist()
+    index = F.DedupIndex(near_threshold=0.8)
+    for n, k in zip(norms.to_list()[:20], keys[:20]):
+        assert index.check(n, k, exact=True) is None
+        index.add(n, k)
+    flagged = [index.check(n, k, exact=True) for n, k in zip(norms.to_list()[20:40], keys[20:40])]
+    assert flagged.count("near_duplicate") >= 19  # LSH recall at Jaccard 0.95 is ~1
+    # half-overlapping texts (Jaccard 1/3) are candidates at most, never flagged: exact check decides
+    assert all(index.check(n, k, exact=True) is None for n, k in zip(norms.to_list()[40:], keys[40:]))
+
+
+def test_jaccard_matches_brute_force():
+    sets = [frozenset(s) for s in (["a", "b"], ["b", "c"], ["a", "b", "c"], [])]
+    for a, b in itertools.product(sets, sets):
+        expected = 1.0 if not (a | b) else len(a & b) / len(a | b)
+        assert F.jaccard(a, b) == expected
+
+
+def test_copies_example():
+    examples = ["call now to win a prize", "see you at the pub tonight"]
+    assert F.copies_example("hey call now to win a prize ok", examples, 0.7)  # contains an example
+    assert F.copies_example("see you at the pub tonight mate", examples, 0.7)
+    assert not F.copies_example("the meeting is at noon", examples, 0.7)
