@@ -1,14 +1,20 @@
 """Typed configuration: pydantic models, YAML loading, `--set a.b=c` overrides.
 
-Defaults live here and nowhere else. Unknown keys are errors that name the key, and every
-problem in a file is reported at once. Things the paper leaves open (sampling parameters,
-filters, conversation length) are settings with documented defaults.
+Defaults live here and nowhere else, each with a description (a test checks every field has
+one). Unknown keys are errors that name the key (with the nearest known key), and every problem
+in a file is reported at once: field errors and the cross-field checks together. Things the
+paper leaves open (sampling parameters, filters, conversation length) are settings with
+documented defaults.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import string
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,11 +28,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ConfigProblems(ValueError):
+    """Several cross-field problems found by one model validator, each with its own key."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{key}: {msg}" if key else msg for key, msg in problems))
+        self.problems = problems
+
+
 # ----------------------------------------------------------------------------- task
 
 
 class Label(Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="The class name, as it appears in the data.")
     description: str = Field(min_length=1, description="What a text of this label is; shown to the generator.")
 
 
@@ -56,12 +70,12 @@ class Conversation(Strict):
 class DataSource(Strict):
     """Real labelled data: a local CSV / TSV / JSONL / Parquet file or a Hugging Face dataset id."""
 
-    path: str | None = None
-    hf_dataset: str | None = None
-    hf_config: str | None = None
-    split: str = "train"
-    text_column: str = "text"
-    label_column: str = "label"
+    path: str | None = Field(default=None, description="A local CSV / TSV / JSONL / Parquet file.")
+    hf_dataset: str | None = Field(default=None, description="A Hugging Face dataset id (needs hub access or its cache).")
+    hf_config: str | None = Field(default=None, description="The dataset's configuration name, if it has several.")
+    split: str = Field(default="train", description="The dataset split to read (hf_dataset only).")
+    text_column: str = Field(default="text", description="The column holding the text.")
+    label_column: str = Field(default="label", description="The column holding the label.")
     label_map: dict[str, str] = Field(default_factory=dict, description="Rename source labels to task labels.")
 
     @model_validator(mode="after")
@@ -79,35 +93,74 @@ class FewShot(Strict):
     k: int = Field(default=3, ge=1, description="Real examples shown per request (re-sampled every request).")
     same_label: bool = Field(default=True, description="Examples from the target label only (else from all labels).")
     turns: int = Field(default=1, ge=1, description="Generations per few-shot conversation before reset.")
-    source: DataSource = Field(default_factory=DataSource)
+    source: DataSource = Field(default_factory=DataSource, description="Where the real examples come from.")
 
 
 class RealData(Strict):
-    train: DataSource = Field(default_factory=DataSource)
-    test: DataSource = Field(default_factory=lambda: DataSource(split="test"))
+    train: DataSource = Field(default_factory=DataSource, description="Real training data (baselines, few-shot pools).")
+    test: DataSource = Field(
+        default_factory=lambda: DataSource(split="test"), description="Real test data for evaluation."
+    )
 
 
 class Subjectivity(Strict):
     """Task-level subjectivity as data: the paper's crowd ranking (1 = most objective)."""
 
     rank: int = Field(ge=1, description="Position in the paper's objective -> subjective ordering.")
-    level: Literal["objective", "mixed", "subjective"]
+    level: Literal["objective", "mixed", "subjective"] = Field(description="Coarse subjectivity of the task.")
+
+
+TEMPLATE_BASE_FIELDS = ("label", "label_description", "text_kind", "max_words", "style")
+
+
+def template_problems(task: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Placeholders a task's templates use but cannot be filled. Works on the raw mapping too,
+    so it is reported along with field errors."""
+    prompts = task.get("prompts")
+    styles = task.get("styles") or {}
+    if not isinstance(prompts, Mapping):
+        return []
+    base = {*TEMPLATE_BASE_FIELDS, *(styles if isinstance(styles, Mapping) else ())}
+    allowed = {
+        "context": base,
+        "generation": base,
+        "diversity": base,
+        "few_shot": base | {"k", "examples"},
+        "example": {"i", "text", "label"},
+        "example_with_label": {"i", "text", "label"},
+    }
+    problems = []
+    for name, fields in allowed.items():
+        template = prompts.get(name, Prompts.model_fields[name].default)
+        if not isinstance(template, str):
+            continue
+        key = f"prompts.{name}"
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        except ValueError as exc:
+            problems.append((key, f"{exc} (write literal braces as {{{{ and }}}})"))
+            continue
+        unknown = sorted(used - fields)
+        if unknown:
+            shown = ", ".join("{" + u + "}" for u in unknown)
+            problems.append((key, f"uses unknown placeholder(s) {shown}; available: {', '.join(sorted(fields))}"))
+    return problems
 
 
 class TaskConfig(Strict):
-    name: str = Field(pattern=r"^[a-z0-9_]+$")
-    title: str
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="Identifier: lower case letters, digits and '_'.")
+    title: str = Field(description="Human-readable name, for tables and plots.")
     text_kind: str = Field(description="What one text is, e.g. 'news article', 'SMS message'.")
     max_words: int = Field(default=60, ge=1, description="Word limit given to the generator.")
-    labels: list[Label] = Field(min_length=2)
-    prompts: Prompts
+    labels: list[Label] = Field(min_length=2, description="At least two classes, each a name and a description.")
+    prompts: Prompts = Field(description="Prompt templates: context, generation, diversity, few_shot.")
     styles: dict[str, list[str]] = Field(
         default_factory=dict, description="Attributes that vary per request; one value of each is sampled."
     )
-    conversation: Conversation = Field(default_factory=Conversation)
-    few_shot: FewShot = Field(default_factory=FewShot)
-    real_data: RealData = Field(default_factory=RealData)
-    subjectivity: Subjectivity
+    conversation: Conversation = Field(default_factory=Conversation, description="Zero-shot conversation shape.")
+    few_shot: FewShot = Field(default_factory=FewShot, description="Few-shot settings and the real example source.")
+    real_data: RealData = Field(default_factory=RealData, description="Real train / test data of the task.")
+    subjectivity: Subjectivity = Field(description="The task's place in the paper's subjectivity ranking.")
 
     @field_validator("labels")
     @classmethod
@@ -128,31 +181,9 @@ class TaskConfig(Strict):
 
     @model_validator(mode="after")
     def _templates_use_known_fields(self) -> TaskConfig:
-        base = {"label", "label_description", "text_kind", "max_words", "style", *self.styles}
-        allowed = {
-            "context": base,
-            "generation": base,
-            "diversity": base,
-            "few_shot": base | {"k", "examples"},
-            "example": {"i", "text", "label"},
-            "example_with_label": {"i", "text", "label"},
-        }
-        problems = []
-        for name, fields in allowed.items():
-            template = getattr(self.prompts, name)
-            try:
-                used = {f for _, f, _, _ in string.Formatter().parse(template) if f}
-            except ValueError as exc:
-                problems.append(f"prompts.{name}: {exc} (write literal braces as {{{{ and }}}})")
-                continue
-            unknown = sorted(used - fields)
-            if unknown:
-                problems.append(
-                    f"prompts.{name} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
-                    f"available: {', '.join(sorted(fields))}"
-                )
+        problems = template_problems({"prompts": self.prompts.model_dump(), "styles": self.styles})
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigProblems(problems)
         return self
 
     @property
@@ -166,20 +197,24 @@ class TaskConfig(Strict):
 class Sampling(Strict):
     """Sampling parameters (not published by the paper; these are ours)."""
 
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=160, ge=1)
-    stop: list[str] = Field(default_factory=list)
+    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(default=160, ge=1, description="Most tokens generated per request.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a generation.")
 
 
 class VllmSettings(Strict):
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    gpu_memory_utilization: float = Field(default=0.90, gt=0.0, le=1.0)
-    max_model_len: int | None = Field(default=None, ge=16)
-    dtype: str = "auto"
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = False
-    max_num_seqs: int | None = Field(default=None, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one engine spans.")
+    gpu_memory_utilization: float = Field(
+        default=0.90, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take (weights and KV cache)."
+    )
+    max_model_len: int | None = Field(default=None, ge=16, description="Context length; None: the model's own.")
+    dtype: str = Field(default="auto", description="Weight dtype passed to vLLM ('auto', 'bfloat16', ...).")
+    enable_prefix_caching: bool = Field(
+        default=True, description="Reuse the KV cache of shared prompt prefixes (system prompt, history)."
+    )
+    enforce_eager: bool = Field(default=False, description="Disable CUDA graphs (faster start, slower decoding).")
+    max_num_seqs: int | None = Field(default=None, ge=1, description="Most sequences per engine step; None: vLLM's default.")
     submit_chunk: int = Field(
         default=0, ge=0, description="Requests per engine call; 0 sends every request of a round at once."
     )
@@ -190,19 +225,29 @@ class VllmSettings(Strict):
 class OpenAISettings(Strict):
     base_url: str | None = Field(default=None, description="None: the OpenAI API; else any compatible server.")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key.")
-    max_concurrency: int = Field(default=16, ge=1)
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
-    timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=8, ge=0)
-    use_n: bool = False
-    extra_body: dict[str, Any] = Field(default_factory=dict)
+    max_concurrency: int = Field(default=16, ge=1, description="Most HTTP requests in flight, retries included.")
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="Average request rate limit (bursts of at most one second's worth); None: none."
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="Token rate limit (prompt estimate + max_tokens per request); None: none."
+    )
+    timeout_s: float = Field(default=120.0, gt=0, description="Seconds before one HTTP attempt times out.")
+    max_retries: int = Field(
+        default=8, ge=0, description="Retries of a request on 408/409/429/5xx/timeouts (Retry-After honoured)."
+    )
+    use_n: bool = Field(default=False, description="Merge identical prompts into one request with n > 1.")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra JSON fields sent with every request.")
 
 
 class HFSettings(Strict):
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(default=16, ge=1)
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, mps, cuda or cuda:N."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weight dtype; auto is float32 on CPU and the model's own on GPU."
+    )
+    batch_size: int = Field(default=16, ge=1, description="Requests per generate() call.")
 
 
 class Pricing(Strict):
@@ -211,16 +256,18 @@ class Pricing(Strict):
 
 
 class GeneratorConfig(Strict):
-    backend: Literal["hf", "vllm", "openai"] = "hf"
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        default="hf", description="hf (transformers), vllm (offline engine) or openai (any compatible server)."
+    )
     model: str | None = Field(
         default=None,
         description="Local model folder (or served model name for openai). None with hf: a tiny smoke-test model.",
     )
-    sampling: Sampling = Field(default_factory=Sampling)
-    vllm: VllmSettings = Field(default_factory=VllmSettings)
-    openai: OpenAISettings = Field(default_factory=OpenAISettings)
-    hf: HFSettings = Field(default_factory=HFSettings)
-    pricing: Pricing = Field(default_factory=Pricing)
+    sampling: Sampling = Field(default_factory=Sampling, description="Sampling parameters.")
+    vllm: VllmSettings = Field(default_factory=VllmSettings, description="Settings of the vllm backend.")
+    openai: OpenAISettings = Field(default_factory=OpenAISettings, description="Settings of the openai backend.")
+    hf: HFSettings = Field(default_factory=HFSettings, description="Settings of the hf backend.")
+    pricing: Pricing = Field(default_factory=Pricing, description="Token prices, for cost estimates and stats.")
 
 
 # ----------------------------------------------------------------------------- generation run
@@ -234,10 +281,10 @@ class Quota(Strict):
 
 
 class Filters(Strict):
-    min_words: int = Field(default=3, ge=0)
+    min_words: int = Field(default=3, ge=0, description="Drop texts with fewer words.")
     max_words: int | None = Field(default=None, ge=1, description="None: twice the task's max_words.")
     drop_truncated: bool = Field(default=True, description="Drop outputs cut off by max_tokens.")
-    drop_refusals: bool = True
+    drop_refusals: bool = Field(default=True, description="Drop outputs that open like a refusal ('I'm sorry, ...').")
     dedup: bool = Field(default=True, description="Drop exact duplicates after normalisation.")
     near_duplicate_jaccard: float | None = Field(
         default=0.8, gt=0.0, le=1.0, description="Drop texts whose word-set Jaccard with a kept text reaches this."
@@ -247,40 +294,66 @@ class Filters(Strict):
     )
 
 
+def runnable_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Cross-field checks of a generation config. Works on the raw mapping too (skipping what
+    is malformed, which field validation reports), so they are reported with field errors."""
+    fields = GenerateConfig.model_fields
+    gen_fields = GeneratorConfig.model_fields
+    task = data.get("task") if isinstance(data.get("task"), Mapping) else {}
+    generator = data.get("generator") if isinstance(data.get("generator"), Mapping) else {}
+    quota = data.get("quota") if isinstance(data.get("quota"), Mapping) else {}
+    problems = []
+
+    few_shot = task.get("few_shot") if isinstance(task.get("few_shot"), Mapping) else {}
+    source = few_shot.get("source") if isinstance(few_shot.get("source"), Mapping) else {}
+    if data.get("mode", fields["mode"].default) == "few-shot" and not (source.get("path") or source.get("hf_dataset")):
+        problems.append((
+            "task.few_shot.source",
+            "few-shot mode needs real examples, but none are configured; set "
+            "task.few_shot.source.path=FILE (CSV/TSV/JSONL/Parquet with text and label columns) "
+            "or task.few_shot.source.hf_dataset=ID, or use --mode zero-shot",
+        ))
+
+    labels = task.get("labels")
+    names = [x.get("name") for x in labels if isinstance(x, Mapping)] if isinstance(labels, list) else None
+    wanted = quota.get("labels")
+    if isinstance(wanted, list) and names is not None:
+        unknown = sorted({str(w) for w in wanted} - {str(n) for n in names})
+        if unknown or not wanted:
+            problems.append((
+                "quota.labels",
+                f"names unknown label(s) {unknown or '[]'}; task labels: {', '.join(map(str, names))} "
+                f"(or remove quota.labels to generate all)",
+            ))
+
+    backend = generator.get("backend", gen_fields["backend"].default)
+    if backend in ("vllm", "openai") and not generator.get("model"):
+        what = "a local model folder" if backend == "vllm" else "the served model name"
+        problems.append(("generator.model", f"is required with the {backend} backend: set it to {what}"))
+    return problems
+
+
 class GenerateConfig(Strict):
-    task: TaskConfig
-    mode: Literal["zero-shot", "few-shot"] = "zero-shot"
-    seed: int = 0
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    quota: Quota = Field(default_factory=Quota)
-    filters: Filters = Field(default_factory=Filters)
+    task: TaskConfig = Field(description="The task: a name from configs/tasks, a path to a task YAML, or inline.")
+    mode: Literal["zero-shot", "few-shot"] = Field(
+        default="zero-shot", description="zero-shot (prompts only) or few-shot (k real examples per request)."
+    )
+    seed: int = Field(default=0, description="Run seed; every request derives its own seed from it.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="Backend, model and sampling.")
+    quota: Quota = Field(default_factory=Quota, description="How many kept rows to produce per label.")
+    filters: Filters = Field(default_factory=Filters, description="Which generated texts to drop.")
     run_dir: str | None = Field(default=None, description="Default: runs/<task>-<mode>.")
-    progress: Literal["auto", "bar", "log", "off"] = "auto"
-    log_every_s: float = Field(default=30.0, gt=0)
+    progress: Literal["auto", "bar", "log", "off"] = Field(
+        default="auto", description="auto: a bar on a terminal, periodic log lines elsewhere."
+    )
+    log_every_s: float = Field(default=30.0, gt=0, description="Seconds between progress log lines.")
     flush_every_s: float = Field(default=10.0, ge=0, description="Write finished requests to disk this often.")
 
     @model_validator(mode="after")
     def _runnable(self) -> GenerateConfig:
-        problems = []
-        if self.mode == "few-shot" and not self.task.few_shot.source.configured:
-            problems.append(
-                "few-shot mode needs real examples, but task.few_shot.source names none; set "
-                "task.few_shot.source.path=FILE (CSV/TSV/JSONL/Parquet with text and label columns) "
-                "or task.few_shot.source.hf_dataset=ID"
-            )
-        if self.quota.labels is not None:
-            unknown = sorted(set(self.quota.labels) - set(self.task.label_names))
-            if unknown or not self.quota.labels:
-                problems.append(
-                    f"quota.labels names unknown label(s) {unknown or '[]'}; task labels: {', '.join(self.task.label_names)}"
-                )
-        if self.generator.backend in ("vllm", "openai") and not self.generator.model:
-            problems.append(
-                f"generator.model is required with the {self.generator.backend} backend: "
-                + ("a local model folder" if self.generator.backend == "vllm" else "the served model name")
-            )
+        problems = runnable_problems(self.model_dump(include={"task", "mode", "generator", "quota"}))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigProblems(problems)
         return self
 
     @property
@@ -318,15 +391,27 @@ def task_search_path(config_dir: Path | None) -> list[Path]:
     return unique
 
 
+def _is_task_file(path: Path) -> bool:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "labels" in data and "task" not in data
+
+
 def available_tasks(config_dir: Path | None = None) -> list[str]:
+    """Task names that `task: NAME` resolves to. Folders named `tasks` hold only tasks; in the
+    config's own folder (experiments), only files that look like tasks count."""
     names = set()
     for d in task_search_path(config_dir):
         if d.is_dir():
-            names.update(p.stem for p in d.glob("*.yaml"))
+            names.update(p.stem for p in d.glob("*.yaml") if d.name == "tasks" or _is_task_file(p))
     return sorted(names)
 
 
 def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give the path of a YAML file")
     if not path.is_file():
         raise UserError(f"{what} not found: {path}; check the path")
     try:
@@ -360,23 +445,60 @@ def resolve_task(ref: Any, config_dir: Path | None) -> dict[str, Any]:
         raise UserError(f"task file not found: {ref}; give a path relative to the config file or the current folder")
     for d in task_search_path(config_dir):
         candidate = d / f"{ref}.yaml"
-        if candidate.is_file():
+        if candidate.is_file() and (d.name == "tasks" or _is_task_file(candidate)):
             return read_yaml(candidate, "task file")
+    known = available_tasks(config_dir)
+    close = difflib.get_close_matches(ref, known, n=1)
     raise UserError(
-        f"unknown task '{ref}'; known tasks: {', '.join(available_tasks(config_dir)) or 'none'} "
-        f"(or give a path to a task YAML)"
+        f"unknown task '{ref}'{f' (did you mean {close[0]}?)' if close else ''}; known tasks: "
+        f"{', '.join(known) or 'none'}; set task=NAME or give a path to a task YAML"
     )
 
 
+# ----------------------------------------------------------------------------- overrides
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The alternatives of a union / Optional annotation (itself otherwise)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return list(typing.get_args(annotation))
+    return [annotation]
+
+
+def _annotation_at(root: type[BaseModel], path: list[str]) -> Any | None:
+    """The annotation of the field at `path` below `root` (None where unknown)."""
+    model: type[BaseModel] | None = root
+    annotation = None
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        models = [a for a in _unwrap(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = models[0] if models else None
+    return annotation
+
+
+def _is_text_field(annotation: Any) -> bool:
+    options = [a for a in _unwrap(annotation) if a is not type(None)]
+    return options == [str]
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (['a', 'b'], value). The value is read as YAML (numbers, booleans, null,
+    [lists], {maps}), except for text fields, which take it verbatim (so model=007 stays '007')."""
     key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
+    keys = [k.strip() for k in key.split(".")]
+    if not sep or not all(keys):
         raise UserError(f"--set expects KEY=VALUE (for example quota.per_label=500); got '{item}'")
+    annotation = _annotation_at(GenerateConfig, keys)
+    if annotation is not None and _is_text_field(annotation):
+        nullable = type(None) in _unwrap(annotation)
+        return keys, None if nullable and raw.strip() in ("", "null", "~", "None") else raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return keys, value
 
 
 def apply_override(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:
@@ -391,35 +513,105 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any, item: str)
     node[path[-1]] = value
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+# ----------------------------------------------------------------------------- error messages
+
+
+def _suggest(root: type[BaseModel], loc: tuple) -> str:
+    parent: type[BaseModel] | None = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if parent is None or part not in parent.model_fields:
+            return ""
+        annotation = parent.model_fields[part].annotation
+        candidates = [a for a in _unwrap(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        for arg in typing.get_args(annotation):  # list[Label]
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                candidates.append(arg)
+        parent = candidates[0] if candidates else None
+    if parent is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys here: {', '.join(parent.model_fields)}"
+
+
+_HINTS = {
+    ("labels", "too_short"): "list at least two labels, each with a name and a description",
+    ("task", "missing"): "name a task (task: sms_spam), give a path to a task YAML, or write it inline",
+}
+
+
+def validation_lines(exc: ValidationError, root: type[BaseModel] = BaseModel) -> list[str]:
+    """One '  - key: problem' line per error; cross-field problems each get their own line."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc_parts = tuple(err["loc"])
+        loc = ".".join(str(p) for p in loc_parts) or "(top level)"
+        original = (err.get("ctx") or {}).get("error")
+        if isinstance(original, ConfigProblems):
+            for key, msg in original.problems:
+                lines.append(f"  - {'.'.join(p for p in (loc if loc_parts else '', key) if p)}: {msg}")
+            continue
         if err["type"] == "extra_forbidden":
             hint = "unknown key; remove it or check its spelling"
-            if loc.rsplit(".", 1)[-1] in {"api_key", "key", "token"}:
-                hint += " (API keys are read only from the environment variable named by generator.openai.api_key_env)"
+            if str(loc_parts[-1]) in {"api_key", "key", "token"}:
+                hint = (
+                    "unknown key; remove it: API keys are read only from the environment variable "
+                    "named by generator.openai.api_key_env"
+                )
+            elif root is not BaseModel:
+                hint += _suggest(root, loc_parts)
             lines.append(f"  - {loc}: {hint}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "missing; this key is required"
         given = err.get("input")
         shown = "" if isinstance(given, (dict, list)) or err["type"] == "missing" else f" (got {given!r})"
-        lines.append(f"  - {loc}: {msg}{shown}")
+        hint = _HINTS.get((str(loc_parts[-1]) if loc_parts else "", err["type"]))
+        lines.append(f"  - {loc}: {msg}{shown}" + (f"; {hint}" if hint else ""))
+    return lines
+
+
+def format_problems(lines: list[str], source: str) -> str:
     count = len(lines)
-    head = f"{source}: {count} problem{'s' if count > 1 else ''} in the configuration:"
+    head = f"{source}: {count} problem{'s' if count != 1 else ''} in the configuration:"
     return "\n".join([head, *lines])
 
 
+def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel] = BaseModel) -> str:
+    return format_problems(validation_lines(exc, root), source)
+
+
+def _has_cross_problems(exc: ValidationError, loc: tuple) -> bool:
+    return any(
+        tuple(err["loc"]) == loc and isinstance((err.get("ctx") or {}).get("error"), ConfigProblems)
+        for err in exc.errors()
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
 def load_generate_config(path: str | Path | None, overrides: list[str] | None = None) -> GenerateConfig:
-    """Load a generation config from YAML (None: the embedded smoke default) and apply overrides."""
+    """Load a generation config from YAML (None: the embedded smoke default) and apply overrides.
+    Raises UserError listing every problem found."""
     cfg_path = Path(path) if path is not None else configs_root() / "experiments" / "smoke.yaml"
     data = read_yaml(cfg_path)
     parsed = [(parse_override(item), item) for item in overrides or []]
-    for (keys, value), item in parsed:
+    for (keys, value), _ in parsed:
         if keys == ["task"]:
             data["task"] = value
     if "task" not in data:
-        raise UserError(f"{cfg_path}: missing key 'task'; name one of: {', '.join(available_tasks(cfg_path.parent))}")
+        if "labels" in data and "prompts" in data:
+            raise UserError(
+                f"{cfg_path} is a task file, not a generation config; run "
+                f"'localsynth generate --set task={cfg_path}' or name it in a config (task: {cfg_path.stem})"
+            )
+        raise UserError(
+            f"{cfg_path}: missing key 'task'; add 'task: NAME' with one of: "
+            f"{', '.join(available_tasks(cfg_path.parent))}"
+        )
     data["task"] = resolve_task(data["task"], cfg_path.parent)
     for (keys, value), item in parsed:
         if keys != ["task"]:
@@ -427,7 +619,14 @@ def load_generate_config(path: str | Path | None, overrides: list[str] | None = 
     try:
         return GenerateConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, str(cfg_path))) from None
+        lines = validation_lines(exc, GenerateConfig)
+        # Model validators run only when every field is valid: run their checks on the raw data
+        # so that one attempt reports everything.
+        if isinstance(data.get("task"), dict) and not _has_cross_problems(exc, ("task",)):
+            lines += [f"  - task.{key}: {msg}" for key, msg in template_problems(data["task"])]
+        if not _has_cross_problems(exc, ()):
+            lines += [f"  - {key}: {msg}" for key, msg in runnable_problems(data)]
+        raise UserError(format_problems(lines, str(cfg_path))) from None
 
 
 def load_task(path_or_name: str) -> TaskConfig:
@@ -435,4 +634,7 @@ def load_task(path_or_name: str) -> TaskConfig:
     try:
         return TaskConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, path_or_name)) from None
+        lines = validation_lines(exc, TaskConfig)
+        if not _has_cross_problems(exc, ()):
+            lines += [f"  - {key}: {msg}" for key, msg in template_problems(data)]
+        raise UserError(format_problems(lines, path_or_name)) from None

@@ -30,9 +30,14 @@ def read_table(path: Path, key: str) -> pl.DataFrame:
         if kind == "json":
             return pl.read_json(path)
         return pl.read_parquet(path)
-    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
-        detail = str(exc).splitlines()[0][:200]
-        hint = "save it as UTF-8" if "utf" in detail.lower() else "check that it is a valid file of that type"
+    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if "utf" in detail.lower() or isinstance(exc, UnicodeDecodeError):
+            hint = "it is not UTF-8 text; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        elif "empty" in detail.lower():
+            hint = "point it at a file with a header and rows"
+        else:
+            hint = f"check that it is a valid {kind.upper()} file"
         raise UserError(f"{key}: cannot read {path}: {detail}; {hint}") from None
 
 
@@ -62,12 +67,20 @@ def load_source(source: DataSource, key: str, labels: list[str] | None = None) -
         df = load_hf(source, key)
     else:
         raise UserError(f"{key}: no data source; set {key}.path=FILE or {key}.hf_dataset=ID")
+    where = source.path or source.hf_dataset
     missing = [c for c in (source.text_column, source.label_column) if c not in df.columns]
     if missing:
-        raise UserError(
-            f"{key}: column(s) {', '.join(missing)} not found; the data has: {', '.join(df.columns)}; "
-            f"set {key}.text_column / {key}.label_column"
+        fix = " and ".join(
+            f"{key}.{name}=COLUMN"
+            for name, col in (("text_column", source.text_column), ("label_column", source.label_column))
+            if col in missing
         )
+        raise UserError(
+            f"{key}: column(s) {', '.join(repr(c) for c in missing)} not found in {where}; it has: "
+            f"{', '.join(repr(c) for c in df.columns)}; set {fix} to the right column names"
+        )
+    if df.height == 0:
+        raise UserError(f"{key}: {where} has a header but no rows; point it at a file with labelled rows")
     df = df.rename({source.text_column: "_text", source.label_column: "_label"})
     df = df.drop([c for c in ("text", "label") if c in df.columns])
     df = df.rename({"_text": "text", "_label": "label"}).with_columns(
@@ -91,5 +104,11 @@ def example_pool(df: pl.DataFrame, labels: list[str], key: str) -> dict[str, lis
     pool = {label: df.filter(pl.col("label") == label)["text"].to_list() for label in labels}
     empty = [label for label, texts in pool.items() if not texts]
     if empty:
-        raise UserError(f"{key}: no real examples for label(s) {', '.join(empty)}; few-shot needs some for every label")
+        found = sorted(df["label"].drop_nulls().unique().to_list())
+        shown = ", ".join(repr(x) for x in found[:20]) + (" ..." if len(found) > 20 else "")
+        raise UserError(
+            f"{key}: no real examples for label(s) {', '.join(empty)} (few-shot needs some for every label); "
+            f"the data's labels are: {shown or 'none'}; add rows for those labels, or rename the data's "
+            f"labels to the task's with {key}.label_map (e.g. --set '{key}.label_map={{\"1\": {empty[0]}}}')"
+        )
     return pool

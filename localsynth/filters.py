@@ -104,12 +104,15 @@ def band_keys(normalized: pl.Series) -> np.ndarray:
     words = normalized.fill_null("").str.split(" ")
     lengths = words.list.len().to_numpy().astype(np.int64)
     hashed = words.explode().hash(seed=7).to_numpy()
-    with np.errstate(over="ignore"):
-        permuted = hashed[:, None] * _A[None, :] + _B[None, :]
-        starts = np.concatenate((np.zeros(1, dtype=np.int64), np.cumsum(lengths)[:-1]))
-        signature = np.minimum.reduceat(permuted, starts, axis=0)
-        sig = signature.reshape(-1, _BANDS, _ROWS)
-        keys = (sig * _MIX[None, None, :]).sum(axis=2)
+    starts = np.concatenate((np.zeros(1, dtype=np.int64), np.cumsum(lengths)[:-1]))
+    signature = np.empty((len(lengths), _BANDS * _ROWS), dtype=np.uint64)
+    permuted = np.empty_like(hashed)
+    # one permutation at a time: a (tokens x 18) temporary is 12x slower (memory, not math)
+    for j in range(_BANDS * _ROWS):
+        np.multiply(hashed, _A[j], out=permuted)  # uint64 arithmetic wraps: a universal hash
+        permuted += _B[j]
+        signature[:, j] = np.minimum.reduceat(permuted, starts)
+    keys = (signature.reshape(-1, _BANDS, _ROWS) * _MIX[None, None, :]).sum(axis=2)
     return keys + np.arange(_BANDS, dtype=np.uint64)[None, :]  # distinct key spaces per band
 
 
@@ -120,7 +123,8 @@ class DedupIndex:
         self.near_threshold = near_threshold
         self.exact: set[str] = set()
         self.buckets: dict[int, list[int]] = {}
-        self.word_sets: list[frozenset[str]] = []
+        self.kept: list[str] = []
+        self.word_sets: dict[int, frozenset[str]] = {}  # built only for texts that become candidates
 
     def check(self, normalized: str, keys: Sequence[int], exact: bool) -> str | None:
         """'duplicate', 'near_duplicate' or None, without changing the index."""
@@ -132,7 +136,10 @@ class DedupIndex:
         for key in keys:
             for idx in self.buckets.get(key, ()):
                 words = words if words is not None else word_set(normalized)
-                if jaccard(words, self.word_sets[idx]) >= self.near_threshold:
+                other = self.word_sets.get(idx)
+                if other is None:
+                    other = self.word_sets[idx] = word_set(self.kept[idx])
+                if jaccard(words, other) >= self.near_threshold:
                     return "near_duplicate"
         return None
 
@@ -140,7 +147,12 @@ class DedupIndex:
         self.exact.add(normalized)
         if self.near_threshold is None:
             return
-        idx = len(self.word_sets)
-        self.word_sets.append(word_set(normalized))
+        idx = len(self.kept)
+        self.kept.append(normalized)
+        buckets = self.buckets
         for key in keys:
-            self.buckets.setdefault(key, []).append(idx)
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = [idx]
+            else:
+                bucket.append(idx)

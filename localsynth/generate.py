@@ -13,6 +13,7 @@ backend the same rows as an uninterrupted run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -26,20 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from localsynth import filters as F
 from localsynth.backends.base import Backend, ChatRequest, Completion
 from localsynth.config import GenerateConfig
 from localsynth.io import write_json_atomic, write_parquet_atomic
 from localsynth.progress import GenerationProgress, log
-from localsynth.prompts import (
-    Example,
-    derive_seed,
-    sample_examples,
-    sample_style,
-    system_message,
-    user_turn,
-)
+from localsynth.prompts import Example, SystemMessages, derive_seed, sample_examples, sample_style, user_turn
 from localsynth.rundir import CompletionLog, Shard, ShardPaths, prepare
 from localsynth.schema import ROW_SCHEMA
 
@@ -89,6 +84,7 @@ class ShardGenerator:
         self.conversations: dict[str, list[Conversation]] = {label: [] for label in cfg.labels}
         self.dedup = F.DedupIndex(cfg.filters.near_duplicate_jaccard)
         self.rounds = 0
+        self.system = SystemMessages(cfg.task)
 
     # ---------------------------------------------------------------- planning
 
@@ -111,14 +107,13 @@ class ShardGenerator:
     def plan(self, conv: Conversation) -> Planned:
         task, turn = self.cfg.task, conv.turns_done
         seed = derive_seed(self.cfg.seed, task.name, conv.label, conv.index, turn)
-        rng = random.Random(seed)
-        style = sample_style(task, rng)
+        style = sample_style(task, seed)
         examples: list[Example] = []
         if self.pool is not None:
             fs = task.few_shot
-            examples = sample_examples(self.pool, conv.label, fs.k, fs.same_label, rng)
+            examples = sample_examples(self.pool, conv.label, fs.k, fs.same_label, random.Random(seed))
         if turn == 0:
-            conv.messages = [system_message(task, conv.label, style)]
+            conv.messages = [self.system(conv.label, style)]
         user = user_turn(task, conv.label, style, turn, examples, with_labels=self.pool is not None and not task.few_shot.same_label)
         request = ChatRequest(f"{task.name}/{conv.label}/c{conv.index}/t{turn}", [*conv.messages, user], seed)
         return Planned(conv, request, turn, style, examples)
@@ -187,8 +182,8 @@ class ShardGenerator:
             "conversation": [p.conversation.index for p in planned],
             "turn": [p.turn for p in planned],
             "style": [json.dumps(p.style, ensure_ascii=False) for p in planned],
-            "examples": [[e.text for e in p.examples] for p in planned],
-            "messages": [p.request.messages for p in planned],
+            "examples": string_lists([[e.text for e in p.examples] for p in planned]),
+            "messages": message_lists([p.request.messages for p in planned]),
             "raw_output": raw,
             "finish_reason": finish,
             "prompt_tokens": [c.prompt_tokens for c in completions],
@@ -200,6 +195,25 @@ class ShardGenerator:
         }
         self.rounds += 1
         return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+def _offsets(lists: list[list]) -> pa.Array:
+    return pa.array(list(itertools.accumulate((len(x) for x in lists), initial=0)), type=pa.int32())
+
+
+def string_lists(lists: list[list[str]]) -> pl.Series:
+    """A List(Utf8) column built through Arrow: polars' per-row conversion of nested Python
+    values costs ~100x more (measured in bench/bench_pipeline.py)."""
+    flat = pa.array([s for x in lists for s in x], type=pa.large_utf8())
+    return pl.Series(pa.LargeListArray.from_arrays(_offsets(lists).cast(pa.int64()), flat))
+
+
+def message_lists(lists: list[list[dict[str, str]]]) -> pl.Series:
+    """A List(Struct{role, content}) column, built through Arrow for the same reason."""
+    roles = pa.array([m["role"] for x in lists for m in x], type=pa.large_utf8())
+    contents = pa.array([m["content"] for x in lists for m in x], type=pa.large_utf8())
+    structs = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
+    return pl.Series(pa.LargeListArray.from_arrays(_offsets(lists).cast(pa.int64()), structs))
 
 
 def summarize(df: pl.DataFrame, gen: ShardGenerator, seconds: float, from_log: int, cfg: GenerateConfig) -> dict[str, Any]:

@@ -35,8 +35,16 @@ class Example:
     label: str
 
 
-def sample_style(task: TaskConfig, rng: random.Random) -> dict[str, str]:
-    return {name: rng.choice(values) for name, values in task.styles.items()}
+def sample_style(task: TaskConfig, seed: int) -> dict[str, str]:
+    """One value per style attribute, drawn with SplitMix64 from the request seed: the same
+    draw everywhere, and ~10x cheaper than seeding a `random.Random` for two choices."""
+    style, state = {}, seed
+    for name, values in task.styles.items():
+        state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        style[name] = values[((z ^ (z >> 31)) * len(values)) >> 64]
+    return style
 
 
 def sample_examples(
@@ -73,6 +81,22 @@ def format_examples(task: TaskConfig, examples: Sequence[Example], with_labels: 
 
 def system_message(task: TaskConfig, label: str, style: Mapping[str, str]) -> Message:
     return {"role": "system", "content": task.prompts.context.format(**template_values(task, label, style))}
+
+
+class SystemMessages:
+    """System messages by (label, style): most context prompts use neither, so a shard
+    renders a handful instead of one per conversation."""
+
+    def __init__(self, task: TaskConfig):
+        self.task = task
+        self.cache: dict[tuple, Message] = {}
+
+    def __call__(self, label: str, style: Mapping[str, str]) -> Message:
+        key = (label, *style.values())
+        message = self.cache.get(key)
+        if message is None:
+            message = self.cache[key] = system_message(self.task, label, style)
+        return message
 
 
 def user_turn(

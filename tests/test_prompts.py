@@ -15,7 +15,10 @@ def test_seed_is_stable_and_distinct():
 
 def test_zero_shot_turns_carry_diversity_prompt_every_n():
     task = load_task("sms_spam")
-    style = sample_style(task, random.Random(0))
+    style = sample_style(task, 0)
+    assert style == sample_style(task, 0) and set(style) == set(task.styles)
+    drawn = {tuple(sample_style(task, seed).values()) for seed in range(500)}
+    assert len(drawn) == len(task.styles['sender']) * len(task.styles['tone'])  # every combination occurs
     every = task.conversation.diversity_every
     diversity = task.prompts.diversity.strip()[:30]
     for turn in range(6):

@@ -1,14 +1,14 @@
 """The `localsynth` command: one module per subcommand; parse -> load config -> call the stage.
 
 Errors: bad input exits 2 with one message (no traceback unless --verbose); any other failure
-exits 1.
+exits 1. `--verbose` is accepted anywhere on the command line, before or after the subcommand.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 
-import click
 import typer
 
 from localsynth.errors import UserError
@@ -22,10 +22,16 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+VERBOSE_FLAGS = ("--verbose", "-v")
+# Options that take a value: a following "-v" is that value, not the flag.
+_VALUE_OPTIONS = ("--set", "--mode", "--shard", "--run-dir")
+
 
 @app.callback()
 def root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug details."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show tracebacks and debug details (accepted anywhere on the line)."
+    ),
 ) -> None:
     """localsynth: LLM-written training data for text classifiers (Li et al., EMNLP 2023)."""
 
@@ -40,22 +46,67 @@ def _register() -> None:
 _register()
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    verbose = "--verbose" in args or "-v" in args
+def _cli_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, exits, aborts) of the click that typer uses: recent typer releases vendor
+    their own copy of click, whose exceptions are not `click.ClickException`."""
+    usage: list[type] = []
+    exits: list[type] = []
+    aborts: list[type] = []
     try:
-        app(args=args, prog_name="localsynth", standalone_mode=False)
+        from typer import exceptions as tex
+
+        usage += [c for c in (getattr(tex, "TyperException", None),) if c]
+        exits += [c for c in (getattr(tex, "Exit", None),) if c]
+        aborts += [c for c in (getattr(tex, "Abort", None),) if c]
+    except ImportError:  # older typer: plain click
+        pass
+    try:
+        import click
+
+        usage.append(click.ClickException)
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+    except ImportError:
+        pass
+    return tuple(usage), tuple(exits), tuple(aborts)
+
+
+def split_verbose(args: list[str]) -> tuple[list[str], bool]:
+    """Remove --verbose / -v wherever it stands (not as the value of an option)."""
+    out, verbose = [], False
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out += args[i:]
+            break
+        if arg in VERBOSE_FLAGS and not (out and out[-1] in _VALUE_OPTIONS):
+            verbose = True
+            continue
+        out.append(arg)
+    return out, verbose
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, verbose = split_verbose(sys.argv[1:] if argv is None else list(argv))
+    if verbose:
+        args = ["--verbose", *args]
+    usage_errors, exits, aborts = _cli_exceptions()
+    try:
+        code = app(args=args, prog_name="localsynth", standalone_mode=False)
     except UserError as exc:
         if verbose:
-            raise
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except exits as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except usage_errors as exc:  # bad command line: click's usage message
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except aborts:
         print("aborted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
@@ -63,6 +114,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:
         if verbose:
-            raise
+            traceback.print_exc()
+            sys.exit(1)
         print(f"error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
         sys.exit(1)
+    # Without standalone mode, typer turns Ctrl-C into a returned 130 and typer.Exit(n) into n.
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        if code == 130:
+            print("interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(code)
