@@ -34,7 +34,14 @@ from localsynth.backends.base import Backend, ChatRequest, Completion
 from localsynth.config import GenerateConfig
 from localsynth.io import write_json_atomic, write_parquet_atomic
 from localsynth.progress import GenerationProgress, log
-from localsynth.prompts import Example, SystemMessages, derive_seed, sample_examples, sample_style, user_turn
+from localsynth.prompts import (
+    Example,
+    SystemMessages,
+    derive_seed,
+    sample_examples,
+    sample_style,
+    user_turn,
+)
 from localsynth.rundir import CompletionLog, Shard, ShardPaths, prepare
 from localsynth.schema import ROW_SCHEMA
 
@@ -181,7 +188,7 @@ class ShardGenerator:
             "round": [self.rounds] * n,
             "conversation": [p.conversation.index for p in planned],
             "turn": [p.turn for p in planned],
-            "style": [json.dumps(p.style, ensure_ascii=False) for p in planned],
+            "style": style_json(planned, cfg.task.styles),
             "examples": string_lists([[e.text for e in p.examples] for p in planned]),
             "messages": message_lists([p.request.messages for p in planned]),
             "raw_output": raw,
@@ -195,6 +202,14 @@ class ShardGenerator:
         }
         self.rounds += 1
         return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+def style_json(planned: list[Planned], attributes: dict[str, list[str]]) -> pl.Series:
+    """Each row's style attributes as a JSON object, encoded column-wise by Polars."""
+    if not attributes:
+        return pl.Series(["{}"] * len(planned), dtype=pl.Utf8)
+    columns = pl.DataFrame({name: [p.style[name] for p in planned] for name in attributes}, schema=dict.fromkeys(attributes, pl.Utf8))
+    return columns.select(pl.struct(pl.all()).struct.json_encode())[:, 0]
 
 
 def _offsets(lists: list[list]) -> pa.Array:

@@ -11,8 +11,8 @@ import time
 
 import polars as pl
 import pytest
-
 from conftest import REPO, generate_config, run_cli, write_yaml
+
 from localsynth.backends.base import Completion
 from localsynth.config import GenerateConfig, load_generate_config
 from localsynth.errors import UserError

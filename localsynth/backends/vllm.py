@@ -27,7 +27,13 @@ import itertools
 import multiprocessing
 from collections.abc import Sequence
 
-from localsynth.backends.base import ChatRequest, Completion, Results, group_identical, local_model_dir
+from localsynth.backends.base import (
+    ChatRequest,
+    Completion,
+    Results,
+    group_identical,
+    local_model_dir,
+)
 from localsynth.config import GeneratorConfig, Sampling
 from localsynth.errors import MissingExtra, UserError, require
 
