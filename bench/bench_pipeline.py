@@ -74,7 +74,7 @@ def main() -> None:
         "task=sms_spam",
         f"quota.per_label={per_label}",
         "quota.overgenerate=1.0",
-        'progress="off"',
+        "progress=off",
         "flush_every_s=1000",
         "task.conversation.turns=1",
     ]

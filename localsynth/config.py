@@ -349,6 +349,11 @@ class GenerateConfig(Strict):
     log_every_s: float = Field(default=30.0, gt=0, description="Seconds between progress log lines.")
     flush_every_s: float = Field(default=10.0, ge=0, description="Write finished requests to disk this often.")
 
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
     @model_validator(mode="after")
     def _runnable(self) -> GenerateConfig:
         problems = runnable_problems(self.model_dump(include={"task", "mode", "generator", "quota"}))
@@ -485,13 +490,15 @@ def _is_text_field(annotation: Any) -> bool:
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b=c` -> (['a', 'b'], value). The value is read as YAML (numbers, booleans, null,
-    [lists], {maps}), except for text fields, which take it verbatim (so model=007 stays '007')."""
+    [lists], {maps}), except for text fields, which take it verbatim (so model=007 stays '007')
+    unless it is quoted."""
     key, sep, raw = item.partition("=")
     keys = [k.strip() for k in key.split(".")]
     if not sep or not all(keys):
         raise UserError(f"--set expects KEY=VALUE (for example quota.per_label=500); got '{item}'")
     annotation = _annotation_at(GenerateConfig, keys)
-    if annotation is not None and _is_text_field(annotation):
+    quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+    if annotation is not None and _is_text_field(annotation) and not quoted:
         nullable = type(None) in _unwrap(annotation)
         return keys, None if nullable and raw.strip() in ("", "null", "~", "None") else raw
     try:
@@ -626,7 +633,8 @@ def load_generate_config(path: str | Path | None, overrides: list[str] | None = 
             lines += [f"  - task.{key}: {msg}" for key, msg in template_problems(data["task"])]
         if not _has_cross_problems(exc, ()):
             lines += [f"  - {key}: {msg}" for key, msg in runnable_problems(data)]
-        raise UserError(format_problems(lines, str(cfg_path))) from None
+        source = str(cfg_path) if path is not None else f"{cfg_path} (the embedded default)"
+        raise UserError(format_problems(lines, source)) from None
 
 
 def load_task(path_or_name: str) -> TaskConfig:

@@ -42,7 +42,7 @@ from localsynth.prompts import (
     sample_style,
     user_turn,
 )
-from localsynth.rundir import CompletionLog, Shard, ShardPaths, prepare
+from localsynth.rundir import CompletionLog, Shard, ShardPaths, check_config, prepare
 from localsynth.schema import ROW_SCHEMA
 
 
@@ -269,11 +269,13 @@ def summarize(df: pl.DataFrame, gen: ShardGenerator, seconds: float, from_log: i
 
 @contextmanager
 def _finally_flush(completion_log: CompletionLog, progress: GenerationProgress, backend: Backend, loaded):
+    finished = False
     try:
         yield
+        finished = True
     finally:
         completion_log.flush()  # keep every finished request, whatever stopped us
-        progress.close()
+        progress.close(final_line=finished)
         if loaded():
             backend.close()
 
@@ -303,6 +305,7 @@ def run_generate(
     Returns the shard's stats."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     paths = ShardPaths(run_dir, shard)
+    check_config(paths, cfg.model_dump(mode="json"))
     if paths.done.is_file():
         log(f"shard {shard} of {run_dir} is already complete; nothing to do")
         return json.loads(paths.stats.read_text(encoding="utf-8"))

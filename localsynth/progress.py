@@ -72,8 +72,8 @@ class GenerationProgress:
             f"{samples_s:.1f} samples/s, {tokens_s:.0f} tokens/s, ETA {eta}"
         )
 
-    def close(self) -> None:
+    def close(self, final_line: bool = True) -> None:
         if self.bar is not None:
             self.bar.stop()
-        elif self.mode == "log":
+        elif self.mode == "log" and final_line:
             self.log_line()

