@@ -488,7 +488,7 @@ def _is_text_field(annotation: Any) -> bool:
     return options == [str]
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
+def parse_override(item: str, root: type[BaseModel] | None = None) -> tuple[list[str], Any]:
     """`a.b=c` -> (['a', 'b'], value). The value is read as YAML (numbers, booleans, null,
     [lists], {maps}), except for text fields, which take it verbatim (so model=007 stays '007')
     unless it is quoted."""
@@ -496,7 +496,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     keys = [k.strip() for k in key.split(".")]
     if not sep or not all(keys):
         raise UserError(f"--set expects KEY=VALUE (for example quota.per_label=500); got '{item}'")
-    annotation = _annotation_at(GenerateConfig, keys)
+    annotation = _annotation_at(root or GenerateConfig, keys)
     quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
     if annotation is not None and _is_text_field(annotation) and not quoted:
         nullable = type(None) in _unwrap(annotation)

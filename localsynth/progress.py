@@ -77,3 +77,55 @@ class GenerationProgress:
             self.bar.stop()
         elif self.mode == "log" and final_line:
             self.log_line()
+
+
+class StepProgress:
+    """Training progress: steps, samples/s, loss and ETA; silent on all but the main process."""
+
+    def __init__(self, total_steps: int, description: str, mode: str = "auto", log_every_s: float = 30.0, enabled: bool = True):
+        if mode == "auto":
+            mode = "bar" if console.is_terminal else "log"
+        self.mode = mode if enabled else "off"
+        self.total = total_steps
+        self.description = description
+        self.log_every_s = log_every_s
+        self.step = self.samples = 0
+        self.loss = float("nan")
+        self.start = self.last_log = time.monotonic()
+        self.bar = None
+        if self.mode == "bar":
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.task_id = self.bar.add_task(description, total=total_steps, info="")
+            self.bar.start()
+
+    def update(self, step: int, samples: int, loss: float) -> None:
+        self.step, self.loss = step, loss
+        self.samples += samples
+        rate = self.samples / max(time.monotonic() - self.start, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task_id, completed=step, info=f"loss {loss:.4f} {rate:.1f} samples/s")
+        elif self.mode == "log" and time.monotonic() - self.last_log >= self.log_every_s:
+            self.last_log = time.monotonic()
+            self.log_line()
+
+    def log_line(self) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        per_step = elapsed / max(self.step, 1)
+        eta = per_step * max(self.total - self.step, 0)
+        log(
+            f"{self.description}: step {self.step}/{self.total}, loss {self.loss:.4f}, "
+            f"{self.samples / elapsed:.1f} samples/s, ETA {eta:.0f}s"
+        )
+
+    def close(self, final_line: bool = True) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.mode == "log" and final_line:
+            self.log_line()

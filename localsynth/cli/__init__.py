@@ -41,6 +41,9 @@ def _register() -> None:
 
     app.command("generate")(generate.generate)
     app.command("tasks")(tasks.tasks)
+    from localsynth.cli import train
+
+    app.command("train")(train.train)
 
 
 _register()

@@ -1,0 +1,92 @@
+"""Training rows: real data and the kept rows of generation runs, mixed by weight."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from localsynth.config import DataSource
+from localsynth.errors import UserError
+from localsynth.trainconfig import TrainConfig, TrainSource
+
+
+def read_real(source: TrainSource, key: str) -> pl.DataFrame:
+    from localsynth.data import load_source
+
+    path = Path(os.path.expanduser(source.path))
+    if path.is_dir():
+        candidate = path / "train.parquet"
+        if not candidate.is_file():
+            raise UserError(f"{key}.path: {path} is a folder without train.parquet; run 'localsynth data import' into it first")
+        path = candidate
+    data = DataSource(
+        path=str(path), text_column=source.text_column, label_column=source.label_column, label_map=source.label_map
+    )
+    return load_source(data, key).select("text", "label")
+
+
+def read_synthetic(source: TrainSource, key: str) -> pl.DataFrame:
+    """Kept rows of every shard of a finished generation run."""
+    run_dir = Path(os.path.expanduser(source.run_dir))
+    shards = run_dir / "shards"
+    if not shards.is_dir():
+        raise UserError(f"{key}.run_dir: {run_dir} is not a generation run directory (no shards/); check the path")
+    files = sorted(shards.glob("*.parquet"))
+    unfinished = [p.name for p in files if not p.with_suffix(".done").is_file()]
+    unfinished += [p.name.removesuffix(".log") for p in shards.glob("*.log")]
+    if not files or unfinished:
+        what = f"unfinished shards ({', '.join(sorted(set(unfinished))[:5])})" if unfinished else "no finished shards"
+        raise UserError(f"{key}.run_dir: {run_dir} has {what}; finish the generation run (rerun the same generate command) first")
+    rows = pl.read_parquet(files, columns=["text", "label", "kept"]).filter("kept").select("text", "label")
+    if source.label_map:
+        rows = rows.with_columns(pl.col("label").replace(source.label_map))
+    return rows
+
+
+def mix(frames: list[pl.DataFrame], weights: list[float], seed: int) -> list[pl.DataFrame]:
+    """Sample each source so the shares follow the weights, using as many rows as possible."""
+    if len(frames) == 1:
+        return frames
+    scale = min(f.height / w for f, w in zip(frames, weights, strict=True))
+    return [f.sample(n=round(scale * w), seed=seed, shuffle=True) if round(scale * w) < f.height else f for f, w in zip(frames, weights, strict=True)]
+
+
+def load_training_rows(cfg: TrainConfig, labels: list[str] | None) -> tuple[pl.DataFrame, list[str], list[dict[str, Any]]]:
+    """(rows with text, label, source; the label set; a report per source)."""
+    frames, report = [], []
+    for i, source in enumerate(cfg.train):
+        key = f"train[{i}]"
+        df = read_synthetic(source, key) if source.run_dir else read_real(source, key)
+        df = df.filter(pl.col("text").is_not_null() & (pl.col("text").str.strip_chars() != "") & pl.col("label").is_not_null())
+        if df.height == 0:
+            raise UserError(f"{key}: no usable rows (texts with labels) in {source.path or source.run_dir}; check the source")
+        available = df.height
+        if source.max_rows and df.height > source.max_rows:
+            df = df.sample(n=source.max_rows, seed=cfg.training.seed)
+        frames.append(df.with_columns(pl.lit(source.display_name).alias("source")))
+        report.append({"name": source.display_name, "path": source.path, "run_dir": source.run_dir, "weight": source.weight, "rows_available": available})
+    frames = mix(frames, [s.weight for s in cfg.train], cfg.training.seed)
+    for entry, frame in zip(report, frames, strict=True):
+        entry["rows_used"] = frame.height
+    rows = pl.concat(frames)
+    if cfg.max_train_rows and rows.height > cfg.max_train_rows:
+        rows = rows.sample(n=cfg.max_train_rows, seed=cfg.training.seed)
+
+    present = sorted(rows["label"].unique().to_list())
+    if labels is None:
+        labels = present
+    unknown = sorted(set(present) - set(labels))
+    if unknown:
+        raise UserError(
+            f"training labels {unknown[:10]} are not in the label set ({', '.join(labels)}); "
+            f"rename them with train[i].label_map or fix 'labels' / 'task'"
+        )
+    if len(present) < 2:
+        raise UserError(
+            f"the training set has a single class ({present[0] if present else 'none'}): a classifier needs at least two; "
+            f"add rows of the other labels ({', '.join(label for label in labels if label not in present)})"
+        )
+    return rows, labels, report
