@@ -88,14 +88,20 @@ class VllmBackend:
         try:
             self.llm = vllm.LLM(**self.engine_kwargs(path, on_cpu))
         except TypeError as exc:  # an unknown keyword in engine_args
-            raise UserError(f"generator.vllm.engine_args: vLLM rejected them: {exc}; fix or remove that key") from exc
+            raise UserError(
+                f"generator.vllm.engine_args: vLLM rejected them: {exc}; fix or remove that key"
+            ) from exc
         except (OSError, ValueError) as exc:
-            raise UserError(f"vLLM could not start with generator.model={self.cfg.model}: {exc}") from exc
+            raise UserError(
+                f"vLLM could not start with generator.model={self.cfg.model}: {exc}"
+            ) from exc
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         if getattr(self.tokenizer, "chat_template", None) is None:
             self.close()
-            raise UserError(f"generator.model: the tokenizer in {path} has no chat template; use a chat/instruct model")
+            raise UserError(
+                f"generator.model: the tokenizer in {path} has no chat template; use a chat/instruct model"
+            )
         self._SamplingParams = vllm.SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -129,15 +135,23 @@ class VllmBackend:
         return params
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
     def generate(self, requests: Sequence[ChatRequest], sampling: Sampling) -> Results:
-        groups = group_identical(requests) if self.settings.use_n else [[i] for i in range(len(requests))]
+        groups = (
+            group_identical(requests)
+            if self.settings.use_n
+            else [[i] for i in range(len(requests))]
+        )
         chunk = self.settings.submit_chunk or len(groups) or 1
         for start in range(0, len(groups), chunk):
             yield from self._run(requests, groups[start : start + chunk], sampling)
 
-    def _run(self, requests: Sequence[ChatRequest], groups: list[list[int]], sampling: Sampling) -> Results:
+    def _run(
+        self, requests: Sequence[ChatRequest], groups: list[list[int]], sampling: Sampling
+    ) -> Results:
         engine = self.llm.llm_engine
         texts = [self.render(requests[g[0]].messages) for g in groups]
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -146,8 +160,12 @@ class VllmBackend:
             failed = []
             for group, ids in zip(groups, token_ids, strict=True):
                 if len(ids) >= self.max_model_len:  # vLLM would refuse it and abort the whole call
-                    reason = f"prompt_too_long: {len(ids)} tokens, max_model_len is {self.max_model_len}"
-                    failed.extend((pos, Completion(None, None, len(ids), None, error=reason)) for pos in group)
+                    reason = (
+                        f"prompt_too_long: {len(ids)} tokens, max_model_len is {self.max_model_len}"
+                    )
+                    failed.extend(
+                        (pos, Completion(None, None, len(ids), None, error=reason)) for pos in group
+                    )
                     continue
                 request_id = f"localsynth-{next(self._ids)}"
                 params = self._params(sampling, requests[group[0]].seed, len(group))
@@ -155,7 +173,9 @@ class VllmBackend:
                     engine.add_request(request_id, self._prompt(list(ids)), params)
                 except self._rejected as exc:
                     reason = f"rejected: {type(exc).__name__}: {exc}"
-                    failed.extend((pos, Completion(None, None, len(ids), None, error=reason)) for pos in group)
+                    failed.extend(
+                        (pos, Completion(None, None, len(ids), None, error=reason)) for pos in group
+                    )
                     continue
                 pending[request_id] = group
             if failed:
@@ -170,19 +190,39 @@ class VllmBackend:
                     choices = sorted(out.outputs, key=lambda c: c.index)
                     for pos, choice in zip(group, choices, strict=False):
                         ready.append(
-                            (pos, Completion(choice.text, choice.finish_reason, prompt_tokens, len(choice.token_ids)))
+                            (
+                                pos,
+                                Completion(
+                                    choice.text,
+                                    choice.finish_reason,
+                                    prompt_tokens,
+                                    len(choice.token_ids),
+                                ),
+                            )
                         )
                     for pos in group[len(choices) :]:
-                        ready.append((pos, Completion(None, None, prompt_tokens, None, error="missing choice")))
+                        ready.append(
+                            (
+                                pos,
+                                Completion(None, None, prompt_tokens, None, error="missing choice"),
+                            )
+                        )
                 if ready:
                     yield ready
             if pending:  # the engine went idle without them; every position must come back once
-                lost = [(pos, Completion(None, None, error="no output from vLLM")) for g in pending.values() for pos in g]
+                lost = [
+                    (pos, Completion(None, None, error="no output from vLLM"))
+                    for g in pending.values()
+                    for pos in g
+                ]
                 pending.clear()
                 yield lost
         finally:
             if pending:  # the caller stopped early (an exception, Ctrl-C): free the engine
-                engine.abort_request(list(pending), internal=False)
+                try:
+                    engine.abort_request(list(pending), internal=False)
+                except Exception:  # a dead engine: keep the error that stopped us, not this one
+                    pass
 
     def close(self) -> None:
         llm, self.llm, self.tokenizer = self.llm, None, None

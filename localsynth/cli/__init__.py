@@ -24,7 +24,11 @@ app = typer.Typer(
 
 VERBOSE_FLAGS = ("--verbose", "-v")
 # Options that take a value: a following "-v" is that value, not the flag.
-_VALUE_OPTIONS = ("--set", "--mode", "--shard", "--run-dir")
+_VALUE_OPTIONS = (
+    "--set", "--mode", "--shard", "--run-dir", "--model", "--real", "--synthetic", "--task", "--out", "--test",
+    "--text-column", "--label-column", "--label-map", "--batch-size", "--max-length", "--device", "--hf-config",
+    "--train-split", "--test-split", "--test-size", "--seed",
+)
 
 
 @app.callback()
@@ -37,13 +41,17 @@ def root(
 
 
 def _register() -> None:
-    from localsynth.cli import generate, tasks
+    from localsynth.cli import evaluate, generate, tasks
 
     app.command("generate")(generate.generate)
     app.command("tasks")(tasks.tasks)
+    app.command("evaluate")(evaluate.evaluate)
     from localsynth.cli import train
 
     app.command("train")(train.train)
+    from localsynth.cli import data
+
+    app.add_typer(data.app, name="data")
 
 
 _register()
