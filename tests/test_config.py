@@ -21,12 +21,15 @@ from localsynth.config import (
 from localsynth.errors import UserError
 
 TASK_FILES = sorted((REPO / "configs" / "tasks").glob("**/*.yaml"))
-EXPERIMENT_FILES = sorted((REPO / "configs" / "experiments").glob("**/*.yaml"))
+ALL_EXPERIMENT_FILES = sorted((REPO / "configs" / "experiments").glob("**/*.yaml"))
+TRAIN_FILES = [p for p in ALL_EXPERIMENT_FILES if p.stem.startswith("train-")]
+EXPERIMENT_FILES = [p for p in ALL_EXPERIMENT_FILES if p not in TRAIN_FILES]
 
 
 def test_shipped_config_counts():
     assert len(TASK_FILES) == 10, TASK_FILES
     assert len(EXPERIMENT_FILES) == 2, EXPERIMENT_FILES  # smoke, paper-gpt35
+    assert len(TRAIN_FILES) == 1, TRAIN_FILES  # train-mixed
     assert configs_root() == REPO / "configs"
 
 
@@ -53,6 +56,14 @@ def test_experiment_config_validates_with_every_task(path):
         # What the run directory saves loads back to the same config.
         saved = yaml.safe_load(yaml.safe_dump(swapped.model_dump(mode="json"), sort_keys=False))
         assert GenerateConfig.model_validate(saved) == swapped
+
+
+@pytest.mark.parametrize("path", TRAIN_FILES, ids=lambda p: p.stem)
+def test_train_config_validates(path):
+    from localsynth.trainconfig import load_train_config
+
+    cfg = load_train_config(path)
+    assert cfg.label_set() and cfg.train
 
 
 def test_embedded_default_is_the_smoke_config():

@@ -225,9 +225,9 @@ def test_minilm_on_sms_spam_matches_a_plain_trainer(tmp_path, cli_env):
     train_df, test_df = pl.read_csv(train_csv), pl.read_csv(test_csv)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=2, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
+        model_dir, num_labels=2, id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}
     )
-    ds = Dataset.from_dict({"text": train_df["text"].to_list(), "label": [labels.index(l) for l in train_df["label"]]})
+    ds = Dataset.from_dict({"text": train_df["text"].to_list(), "label": [labels.index(name) for name in train_df["label"]]})
     ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=settings["max_length"]), batched=True)
     args = TrainingArguments(
         output_dir=str(tmp_path / "hf"), learning_rate=settings["lr"], per_device_train_batch_size=settings["batch"],
