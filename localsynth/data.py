@@ -414,7 +414,8 @@ def _columns_message(part: Part, opts: ImportOptions, missing: list[str]) -> str
         f"{part.where}: column(s) {', '.join(repr(c) for c in missing)} not found; it has: {shown}; "
         f"name the right ones with {' and '.join(fixes)}"
     )
-    if opts.header and any(len(c) > 40 or len(c.split()) > 4 for c in columns):
+    looks_like_data = re.compile(r"^-?\d+(\.\d+)?$|_duplicated_\d+$")
+    if opts.header and any(len(c) > 40 or len(c.split()) > 4 or looks_like_data.search(c) for c in columns):
         message += "; if the file has no header row, pass --no-header and use column_1, column_2, ..."
     return message
 
