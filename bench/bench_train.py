@@ -53,11 +53,29 @@ def run_localsynth(model_dir: Path, train_csv: Path, out: Path, args) -> tuple[f
     return record["seconds"], record["train_rows"] * args.epochs / record["seconds"]
 
 
+def same_schedule(arguments) -> dict:
+    """6% linear warmup and length-grouped batches, as localsynth does, in the spelling of the
+    installed transformers (v5 renamed both)."""
+    import inspect
+
+    names = inspect.signature(arguments.__init__).parameters
+    out = {"warmup_ratio": 0.06} if "warmup_ratio" in names else {"warmup_steps": 0.06}
+    if "group_by_length" in names:
+        out["group_by_length"] = True
+    elif "train_sampling_strategy" in names:
+        out["train_sampling_strategy"] = "group_by_length"
+    return out
+
+
 def run_trainer(model_dir: Path, train_csv: Path, out: Path, args) -> tuple[float, float]:
     import polars as pl
     from datasets import Dataset
     from transformers import (
-        AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
     )
 
     df = pl.read_csv(train_csv)
@@ -70,7 +88,7 @@ def run_trainer(model_dir: Path, train_csv: Path, out: Path, args) -> tuple[floa
     ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length), batched=True)
     targs = TrainingArguments(
         output_dir=str(out), learning_rate=args.lr, per_device_train_batch_size=args.batch, num_train_epochs=args.epochs,
-        warmup_ratio=0.06, weight_decay=0.01, seed=0, group_by_length=True, report_to=[], save_strategy="no",
+        weight_decay=0.01, seed=0, **same_schedule(TrainingArguments), report_to=[], save_strategy="no",
         logging_strategy="no", use_cpu=True, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer))
