@@ -1,0 +1,121 @@
+"""Bad input to `localsynth train`: exit 2, one message naming the problem and the fix, no
+traceback, and no finished-looking output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import run_cli
+from test_cli_errors import assert_user_error
+from tiny_encoders import build_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("m") / "bert", None)
+
+
+def rows(n: int = 20, labels=("pos", "neg")) -> pl.DataFrame:
+    return pl.DataFrame({"text": [f"good movie {i}" if i % 2 else f"bad film {i}" for i in range(n)],
+                         "label": [labels[i % len(labels)] for i in range(n)]})
+
+
+def train(tmp_path, model, source, *extra, env=None):
+    return run_cli("train", "--model", str(model), "--real", str(source), "--out", str(tmp_path / "out"), *extra, env=env)
+
+
+def assert_nothing_finished(tmp_path):
+    out = tmp_path / "out"
+    assert not (out / "train.done").exists() and not (out / "model").exists()
+
+
+def test_single_class_training_set(tmp_path, bert, cli_env):
+    rows(labels=("pos",)).write_parquet(tmp_path / "one.parquet")
+    result = train(tmp_path, bert, tmp_path / "one.parquet", env=cli_env)
+    assert_user_error(result, "single class", "pos", "at least two")
+    assert_nothing_finished(tmp_path)
+
+
+def test_empty_file(tmp_path, bert, cli_env):
+    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
+    assert_user_error(train(tmp_path, bert, tmp_path / "empty.csv", env=cli_env), "empty.csv", "empty")
+    assert_nothing_finished(tmp_path)
+
+
+def test_wrong_column_names(tmp_path, bert, cli_env):
+    rows().rename({"text": "sentence", "label": "y"}).write_csv(tmp_path / "cols.csv")
+    result = train(tmp_path, bert, tmp_path / "cols.csv", env=cli_env)
+    assert_user_error(result, "sentence", "text_column")
+    assert_nothing_finished(tmp_path)
+
+
+def test_non_utf8_bytes(tmp_path, bert, cli_env):
+    (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me,pos\nbad,neg\n".encode("latin-1"))
+    assert_user_error(train(tmp_path, bert, tmp_path / "latin.csv", env=cli_env), "latin.csv", "UTF-8")
+    assert_nothing_finished(tmp_path)
+
+
+def test_missing_model_path(tmp_path, cli_env):
+    rows().write_parquet(tmp_path / "ok.parquet")
+    result = train(tmp_path, tmp_path / "no-such-model", tmp_path / "ok.parquet", env=cli_env)
+    assert_user_error(result, "no-such-model", "model")
+    assert_nothing_finished(tmp_path)
+
+
+def test_classifier_with_another_label_count(tmp_path, cli_env):
+    model = build_tiny_bert(tmp_path / "clf3", ["a", "b", "c"])
+    rows().write_parquet(tmp_path / "ok.parquet")
+    result = train(tmp_path, model, tmp_path / "ok.parquet", env=cli_env)
+    assert_user_error(result, "3 labels", "base encoder")
+    assert_nothing_finished(tmp_path)
+
+
+def test_checkpoint_with_other_labels_is_refused(tmp_path, bert, cli_env):
+    rows().write_parquet(tmp_path / "ok.parquet")
+    first = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.max_steps=2",
+                  "--set", "training.checkpoint_every_steps=1", env=cli_env)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "out" / "train.done").unlink()  # as if killed after its checkpoints
+    rows(labels=("pos", "neg", "meh")).write_parquet(tmp_path / "ok.parquet")
+    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.max_steps=2",
+                   "--set", "training.checkpoint_every_steps=1", env=cli_env)
+    assert_user_error(result, "checkpoint", "labels", "new out_dir")
+    assert not (tmp_path / "out" / "train.done").exists()
+
+
+def test_labels_outside_the_task(tmp_path, bert, cli_env):
+    rows(labels=("pos", "neg")).write_parquet(tmp_path / "ok.parquet")
+    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--task", "sms_spam", env=cli_env)
+    assert_user_error(result, "pos", "ham", "label_map")
+    assert_nothing_finished(tmp_path)
+
+
+def test_unfinished_generation_run(tmp_path, bert, cli_env):
+    shards = tmp_path / "gen" / "shards"
+    shards.mkdir(parents=True)
+    (shards / "00000-of-00001.log").mkdir()
+    result = run_cli("train", "--model", str(bert), "--synthetic", str(tmp_path / "gen"), "--out",
+                     str(tmp_path / "out"), env=cli_env)
+    assert_user_error(result, "unfinished", "rerun")
+
+
+def test_batch_that_does_not_split(tmp_path, bert, cli_env):
+    rows().write_parquet(tmp_path / "ok.parquet")
+    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.batch_size=10",
+                   "--set", "training.gradient_accumulation_steps=4", env=cli_env)
+    assert_user_error(result, "batch_size", "multiple of 4")
+
+
+def test_fp16_without_a_gpu(tmp_path, bert, cli_env):
+    rows().write_parquet(tmp_path / "ok.parquet")
+    env = {**cli_env, "CUDA_VISIBLE_DEVICES": ""}
+    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.precision=fp16", env=env)
+    assert_user_error(result, "fp16", "GPU")
+
+
+def test_unknown_training_key(tmp_path, bert, cli_env):
+    rows().write_parquet(tmp_path / "ok.parquet")
+    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.learnig_rate=1e-4", env=cli_env)
+    assert_user_error(result, "training.learnig_rate", "learning_rate")
