@@ -218,13 +218,14 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     params = [p for p in model.named_parameters() if p[1].requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": hp.weight_decay},
-            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
-        ],
-        lr=hp.learning_rate,
-    )
+    groups = [
+        {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": hp.weight_decay},
+        {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    try:  # the fused kernel: on a 2-core CPU the per-tensor loop took 2.5 s a step for MiniLM
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, fused=True)
+    except (RuntimeError, TypeError):
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, foreach=True)
     steps_per_epoch = math.ceil(len(sampler) / hp.gradient_accumulation_steps)
     total_steps = hp.max_steps or math.ceil(steps_per_epoch * hp.epochs)
     scheduler = transformers.get_linear_schedule_with_warmup(
