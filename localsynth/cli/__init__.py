@@ -41,18 +41,14 @@ def root(
 
 
 def _register() -> None:
-    from localsynth.cli import evaluate, generate, tasks
+    """Commands in the order of the work: tasks, generate, import real data, train, evaluate."""
+    from localsynth.cli import data, evaluate, generate, tasks, train
 
-    app.command("generate")(generate.generate)
     app.command("tasks")(tasks.tasks)
-    app.command("evaluate")(evaluate.evaluate)
-    from localsynth.cli import train
-
-    app.command("train")(train.train)
-    from localsynth.cli import data
-
+    app.command("generate")(generate.generate)
     app.add_typer(data.app, name="data")
-
+    app.command("train")(train.train)
+    app.command("evaluate")(evaluate.evaluate)
 
 _register()
 
