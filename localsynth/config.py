@@ -218,7 +218,11 @@ class VllmSettings(Strict):
     submit_chunk: int = Field(
         default=0, ge=0, description="Requests per engine call; 0 sends every request of a round at once."
     )
-    use_n: bool = Field(default=True, description="Merge identical prompts of a round into one request with n > 1.")
+    use_n: bool = Field(
+        default=False,
+        description="Merge identical prompts of a round into one request with n > 1 (vLLM then samples member i "
+        "with the first member's seed + i, not its own).",
+    )
     engine_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for vllm.LLM.")
 
 

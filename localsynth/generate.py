@@ -46,6 +46,10 @@ from localsynth.rundir import CompletionLog, Shard, ShardPaths, check_config, pr
 from localsynth.schema import ROW_SCHEMA
 
 
+class ShardIncomplete(RuntimeError):
+    """Requests failed and the quota was not met: the shard is not marked complete."""
+
+
 @dataclass
 class Conversation:
     label: str
@@ -322,7 +326,7 @@ def run_generate(
     progress = GenerationProgress(total, f"{cfg.task.name} {cfg.mode} shard {shard}", cfg.progress, cfg.log_every_s)
     if completion_log.cached:
         log(f"resuming shard {shard}: {len(completion_log.cached)} finished requests found in {paths.log_dir}")
-    loaded, frames, from_log, start = False, [], 0, time.monotonic()
+    loaded, frames, from_log, load_seconds, start = False, [], 0, 0.0, time.monotonic()
     with stop_on_sigterm(), _finally_flush(completion_log, progress, backend, lambda: loaded):
         while planned := gen.next_round():
             completions: list[Completion | None] = [completion_log.cached.get(p.request.id) for p in planned]
@@ -330,7 +334,9 @@ def run_generate(
             from_log += len(planned) - len(todo)
             if todo:
                 if not loaded:
+                    load_start = time.monotonic()
                     backend.load()
+                    load_seconds = time.monotonic() - load_start
                     loaded = True
                 subset = [planned[i].request for i in todo]
                 for chunk in backend.generate(subset, cfg.generator.sampling):
@@ -346,7 +352,16 @@ def run_generate(
             progress.update(kept=sum(gen.kept.values()) - before)
 
     rows = pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
-    stats = summarize(rows, gen, time.monotonic() - start, from_log, cfg)
+    stats = summarize(rows, gen, time.monotonic() - start - load_seconds, from_log, cfg)
+    stats["load_seconds"] = round(load_seconds, 3)
+    failed = rows.filter(pl.col("parse_error").str.starts_with("request_failed")).height
+    if failed and stats["shortfall_per_label"]:
+        # Not complete: the failed requests are asked again when the same command is rerun.
+        write_json_atomic(paths.stats, stats)
+        raise ShardIncomplete(
+            f"shard {shard}: {failed} requests failed and the quota is short by {stats['shortfall_per_label']}; the finished requests are saved in "
+            f"{paths.log_dir}: rerun the same command to retry the failed ones"
+        )
     write_parquet_atomic(rows, paths.rows)
     write_json_atomic(paths.stats, stats)
     write_json_atomic(paths.done, {"rows": rows.height, "kept": stats["kept"], "shard": str(shard)})

@@ -130,6 +130,8 @@ class CompletionLog:
         self.next_part = len(parts)
         for part in parts:
             for row in pl.read_parquet(part).iter_rows(named=True):
+                if row["error"] is not None:
+                    continue  # a failed request is asked again on resume, not replayed as failed
                 self.cached[row["id"]] = Completion(
                     row["raw_output"], row["finish_reason"], row["prompt_tokens"], row["completion_tokens"], row["error"]
                 )

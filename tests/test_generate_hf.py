@@ -193,3 +193,30 @@ def test_kill_9_then_resume_gives_the_same_rows(tmp_path, tiny_llama, cli_env):
     assert got.equals(want)
     stats = json.loads(ShardPaths(tmp_path / "run", Shard(0, 1)).stats.read_text())
     assert stats["requests_from_log"] >= 5 * 2
+
+
+class FailingBackend(RepeatingBackend):
+    """Fault injection: every request fails (a server that is down after the client's retries)."""
+
+    def generate(self, requests, sampling):
+        yield [(i, Completion(None, None, error="InternalServerError 500")) for i in range(len(requests))]
+
+
+def test_failed_requests_leave_the_shard_incomplete_and_are_retried(tmp_path):
+    from localsynth.generate import ShardIncomplete
+
+    cfg = load(tmp_path, None, quota={"per_label": 2, "max_topup_rounds": 1}, filters={"near_duplicate_jaccard": None})
+    paths = ShardPaths(tmp_path / "run", Shard(0, 1))
+    with pytest.raises(ShardIncomplete, match="rerun the same command"):
+        run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
+    assert not paths.done.exists() and not paths.rows.exists()
+
+    class Counting(RepeatingBackend):
+        def generate(self, requests, sampling):
+            self.calls += 1
+            yield [(i, Completion(f"distinct text number {r.seed} here", "stop", 3, 3)) for i, r in enumerate(requests)]
+
+    backend = Counting()
+    stats = run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=backend)
+    assert backend.calls >= 1 and stats["requests_from_log"] == 0  # failures are asked again, not replayed
+    assert stats["kept_per_label"] == {"ham": 2, "spam": 2} and paths.done.is_file()
