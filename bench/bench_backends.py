@@ -31,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from statistics import median
 
+from machine import cpu_name
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the figures, not vLLM's INFO lines
 
@@ -72,16 +74,6 @@ def measure(backend, requests: list[ChatRequest], sampling: Sampling) -> dict:
     assert not errors, f"{len(errors)} failed requests, e.g. {errors[0]}"
     tokens = sum(c.completion_tokens or 0 for c in got.values())
     return {"seconds": seconds, "tokens": tokens, "samples": len(requests)}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def version(*names: str) -> str:

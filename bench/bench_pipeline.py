@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 import polars as pl
+from machine import cpu_name
 
 from localsynth.backends.base import Completion
 from localsynth.config import load_generate_config
@@ -51,16 +52,6 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(20000)]
     return [" ".join(rng.choices(vocab, k=rng.randint(8, 30))) for _ in range(n)]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

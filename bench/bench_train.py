@@ -21,15 +21,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_name
 
 
 def macro_f1(model_dir: Path, texts: list[str], labels: list[str], max_length: int) -> float:
