@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from localsynth import devices
 from localsynth.config import DataSource
 from localsynth.data import load_source
 from localsynth.errors import UserError
@@ -158,14 +159,7 @@ def check_labels(test_labels: Sequence[str], labels: list[str], model_dir: Path)
 def resolve_device(device: str, torch) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UserError(f"--device must be auto, cpu, cuda or cuda:N; got '{device}'")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= count:
-            raise UserError(f"--device {device} but this machine has {count} visible CUDA GPU(s); use --device cpu (or auto)")
-    return device
+    return devices.resolve_device(device, torch, f"--device {device}", "use --device cpu")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from localsynth.backends.base import ChatRequest, Completion, Results, hub_error, local_model_dir
 from localsynth.config import GeneratorConfig, Sampling
+from localsynth.devices import resolve_device
 from localsynth.errors import UserError, require
 
 
@@ -29,7 +30,9 @@ class HFBackend:
         torch = require("torch", "dev")
         transformers = require("transformers", "dev")
         transformers.utils.logging.disable_progress_bar()  # our own progress is the one to read
-        device = resolve_device(self.settings.device, torch)
+        device = resolve_device(
+            self.settings.device, torch, f"generator.hf.device is '{self.settings.device}'", "set generator.hf.device=cpu"
+        )
         if self.cfg.model:
             path = local_model_dir(self.cfg.model)
         else:
@@ -103,19 +106,3 @@ class HFBackend:
     def close(self) -> None:
         self.model = None
         self.tokenizer = None
-
-
-def resolve_device(device: str, torch) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= count:
-            raise UserError(
-                f"generator.hf.device is '{device}' but this machine has {count} visible CUDA GPU(s); "
-                f"set generator.hf.device=cpu (or auto)"
-            )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("generator.hf.device is 'mps' but MPS is not available; set generator.hf.device=cpu")
-    return device
