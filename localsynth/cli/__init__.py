@@ -42,13 +42,15 @@ def root(
 
 def _register() -> None:
     """Commands in the order of the work: tasks, generate, import real data, train, evaluate."""
-    from localsynth.cli import data, evaluate, generate, tasks, train
+    from localsynth.cli import analyze, data, evaluate, generate, tasks, train
 
     app.command("tasks")(tasks.tasks)
     app.command("generate")(generate.generate)
     app.add_typer(data.app, name="data")
     app.command("train")(train.train)
     app.command("evaluate")(evaluate.evaluate)
+    app.add_typer(analyze.app, name="analyze")
+
 
 _register()
 
