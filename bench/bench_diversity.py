@@ -25,19 +25,10 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 
 DIM = 384
 RAM_FRACTION = 0.6  # run the naive full matrix only when it needs at most this share of RAM
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def total_ram() -> int:
