@@ -128,13 +128,16 @@ def remote_clique(emb: Any, metric: str = "cosine", *, normalize: bool = False,
         t = t - t.mean(0, dtype=torch.float64).float()  # distances do not move; float32 cancellation does less harm
         sq = (t * t).sum(1)
         total = 0.0
+        buf = torch.empty((b, b), device=dev)  # reused: no fresh block (and its page faults) per product
         spans = _blocks(n, block_size)
         for a, (i0, i1) in enumerate(spans):
             for j0, j1 in spans[a:]:
-                d2 = torch.addmm(sq[j0:j1][None, :], t[i0:i1], t[j0:j1].T, alpha=-2.0).add_(sq[i0:i1][:, None])
+                d2 = buf[: i1 - i0, : j1 - j0]
+                torch.addmm(sq[j0:j1][None, :], t[i0:i1], t[j0:j1].T, alpha=-2.0, out=d2).add_(sq[i0:i1][:, None])
                 if i0 == j0:
                     d2.fill_diagonal_(0.0)  # exactly zero, not sqrt of a rounding error
-                part = float(d2.clamp_min_(0.0).sqrt_().sum(dtype=torch.float64))
+                # Row sums in float32, their total in float64: sum(dtype=float64) of the block took 60 ms, this 3.
+                part = float(d2.clamp_min_(0.0).sqrt_().sum(1).sum(dtype=torch.float64))
                 total += part if i0 == j0 else 2.0 * part
         return total / (n * (n - 1))
 
@@ -159,19 +162,21 @@ def nearest_neighbours(emb: Any, metric: str = "cosine", *, normalize: bool = Fa
         # A score per pair, higher = nearer: cos for cosine, -d^2 = 2 x.y - |x|^2 - |y|^2 for Euclidean.
         best = torch.full((n,), -torch.inf, device=dev)
         arg = torch.zeros(n, dtype=torch.long, device=dev)
+        buf = torch.empty((b, b), device=dev)  # reused: a fresh 64 MiB block per product cost 20% in page faults
         spans = _blocks(n, block_size)
         for a, (i0, i1) in enumerate(spans):
             for j0, j1 in spans[a:]:
+                g = buf[: i1 - i0, : j1 - j0]
                 if metric == "euclidean":
-                    g = torch.addmm(sq[j0:j1][None, :], t[i0:i1], t[j0:j1].T, beta=-1.0, alpha=2.0)
+                    torch.addmm(sq[j0:j1][None, :], t[i0:i1], t[j0:j1].T, beta=-1.0, alpha=2.0, out=g)
                     g.sub_(sq[i0:i1][:, None])
                 else:
-                    g = t[i0:i1] @ t[j0:j1].T
+                    torch.matmul(t[i0:i1], t[j0:j1].T, out=g)
                 if i0 == j0:
                     g.fill_diagonal_(-torch.inf)
-                _update(torch, best, arg, i0, *g.max(dim=1), j0)
-                if i0 != j0:  # the same block read down its columns: the pair (j, i)
-                    _update(torch, best, arg, j0, *g.max(dim=0), i0)
+                _update(torch, best, arg, i0, g, 1, j0)
+                if i0 != j0:  # the same block read down its columns: the pairs (j, i)
+                    _update(torch, best, arg, j0, g, 0, i0)
         nn = arg.cpu().numpy()
     dist = np.empty(n, dtype=np.float64)
     for start, stop in _blocks(n, block_size):  # float64 copies of block_size rows at a time
@@ -186,11 +191,16 @@ def nearest_neighbours(emb: Any, metric: str = "cosine", *, normalize: bool = Fa
     return nn, dist
 
 
-def _update(torch, best, arg, start: int, values, index, offset: int) -> None:
-    stop = start + values.shape[0]
-    better = values > best[start:stop]
-    best[start:stop] = torch.where(better, values, best[start:stop])
-    arg[start:stop] = torch.where(better, index + offset, arg[start:stop])
+def _update(torch, best, arg, start: int, g, dim: int, offset: int) -> None:
+    """Improve best / arg of the points along the other axis of `g` from its maxima along `dim`.
+    Values first (amax: 2-4 ms a 4096^2 block, against 9 ms for max with indices along rows and
+    57 ms down columns), then the indices of the few points that improved."""
+    values = g.amax(dim=dim)
+    better = (values > best[start : start + values.shape[0]]).nonzero().squeeze(1)
+    if better.numel():
+        rows = g.index_select(1 - dim, better)
+        best[start + better] = values[better]
+        arg[start + better] = rows.argmax(dim=dim) + offset
 
 
 def chamfer(emb: Any, metric: str = "cosine", *, normalize: bool = False,
@@ -216,10 +226,11 @@ def similarity_to_real(real: Any, synthetic: Any, *, k: int = 5, block_size: int
         rt = _unit(torch, torch.from_numpy(r).to(dev), "real embeddings")
         st = _unit(torch, torch.from_numpy(s).to(dev), "synthetic embeddings")
         total = 0.0
+        buf = torch.empty((min(block_size, r.shape[0]), min(block_size, s.shape[0])), device=dev)
         for i0, i1 in _blocks(r.shape[0], block_size):
             top = torch.full((i1 - i0, k), -torch.inf, device=dev)
             for j0, j1 in _blocks(s.shape[0], block_size):
-                sims = rt[i0:i1] @ st[j0:j1].T
+                sims = torch.matmul(rt[i0:i1], st[j0:j1].T, out=buf[: i1 - i0, : j1 - j0])
                 top = torch.cat([top, sims.topk(min(k, j1 - j0), dim=1).values], dim=1).topk(k, dim=1).values
             total += float(top.sum(dtype=torch.float64))
     return total / (r.shape[0] * k)
