@@ -1,0 +1,160 @@
+"""Site settings of the SLURM jobs: partition, account, time, resources, set-up lines.
+
+They sit under `slurm:` in an experiment config or in a site file (`--site site.yaml`, the same
+keys at the top level), and `--set slurm.KEY=VALUE` overrides either. The top-level keys apply
+to every job; `generate`, `server`, `train` and `report` override them for one kind of job.
+Same conventions as `localsynth.config`: unknown keys are errors that name the key, and every
+problem is reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from localsynth.config import (
+    Strict,
+    apply_override,
+    format_validation_error,
+    parse_override,
+    read_yaml,
+)
+from localsynth.errors import UserError
+
+# sbatch --time: "minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
+# "days-hours:minutes", "days-hours:minutes:seconds".
+_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
+_MEM = re.compile(r"^\d+[KMGT]?$")
+TIME_HINT = "use minutes (90), MM:SS, HH:MM:SS or D-HH:MM:SS, for example 04:00:00"
+STAGES = ("generate", "server", "train", "report")
+
+
+def time_seconds(value: str) -> int:
+    """Seconds in a SLURM time limit (already validated)."""
+    days, _, rest = value.rpartition("-") if "-" in value else ("0", "", value)
+    parts = [int(p) for p in rest.split(":")]
+    if "-" in value:  # days-hours[:minutes[:seconds]]
+        parts += [0] * (3 - len(parts))
+        h, m, s = parts
+    elif len(parts) == 1:  # minutes
+        h, m, s = 0, parts[0], 0
+    elif len(parts) == 2:  # minutes:seconds
+        h, m, s = 0, parts[0], parts[1]
+    else:
+        h, m, s = parts
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
+
+
+class JobSettings(Strict):
+    """Settings of one kind of job; a key left out (null) takes the top-level value."""
+
+    partition: str | None = Field(default=None, description="Partition (queue); null: the cluster's default.")
+    account: str | None = Field(default=None, description="Account charged for the job.")
+    qos: str | None = Field(default=None, description="Quality of service.")
+    time: str | None = Field(default=None, description="Time limit: minutes, HH:MM:SS or D-HH:MM:SS.")
+    cpus: int | None = Field(default=None, ge=1, description="CPUs per task (--cpus-per-task).")
+    mem: str | None = Field(default=None, description="Memory per node, e.g. 64G (--mem); null: the cluster's default.")
+    gpus: int | None = Field(default=None, ge=0, description="GPUs per node; 0 writes no GPU lines at all.")
+    gpu_type: str | None = Field(default=None, description="GPU type in --gres=gpu:TYPE:N (a100, h100, ...).")
+    nodes: int | None = Field(default=None, ge=1, description="Nodes per job (training across nodes uses srun).")
+    setup: list[str] | None = Field(default=None, description="Shell lines run first: module load, venv activation, exports.")
+    sbatch: list[str] | None = Field(default=None, description="Extra #SBATCH options, e.g. '--constraint=a100'.")
+    signal_s: int | None = Field(default=None, ge=10, description="Seconds before the time limit when the job saves and requeues.")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_text(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML 1.1 reads unquoted 04:00:00 as 14400: the unit is lost, so ask for quotes.
+            raise ValueError(f"write the time limit in quotes ('04:00:00', '90'): YAML read it as the number {value}")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value is not None and not _TIME.match(value.strip()):
+            raise ValueError(f"'{value}' is not a SLURM time limit; {TIME_HINT}")
+        return value.strip() if value else value
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, value: str | None) -> str | None:
+        if value is not None and not _MEM.match(str(value).strip()):
+            raise ValueError(f"'{value}' is not a SLURM memory size; use a number with K, M, G or T, for example 64G")
+        return value
+
+    @field_validator("sbatch")
+    @classmethod
+    def _sbatch(cls, value: list[str] | None) -> list[str] | None:
+        bad = [v for v in value or [] if not v.strip().startswith("-") or "\n" in v]
+        if bad:
+            raise ValueError(f"write each extra option as one '--name=value' line, without '#SBATCH'; got {bad}")
+        return value
+
+
+class SlurmSettings(JobSettings):
+    """Defaults for every job, plus per-kind overrides and how jobs run."""
+
+    time: str | None = Field(default="04:00:00", description="Time limit: minutes, HH:MM:SS or D-HH:MM:SS.")
+    cpus: int | None = Field(default=4, ge=1, description="CPUs per task (--cpus-per-task).")
+    gpus: int | None = Field(default=0, ge=0, description="GPUs per node; 0 writes no GPU lines at all.")
+    nodes: int | None = Field(default=1, ge=1, description="Nodes per job (training across nodes uses srun).")
+    signal_s: int | None = Field(
+        default=300, ge=10, description="Seconds before the time limit when the job saves and requeues."
+    )
+    generate: JobSettings = Field(default_factory=JobSettings, description="Overrides for generation array tasks.")
+    server: JobSettings = Field(default_factory=JobSettings, description="Overrides for the vLLM server job.")
+    train: JobSettings = Field(default_factory=JobSettings, description="Overrides for training jobs.")
+    report: JobSettings = Field(default_factory=JobSettings, description="Overrides for the report job.")
+    command: str = Field(
+        default="localsynth", description="How jobs call localsynth after the set-up lines (e.g. 'python -m localsynth')."
+    )
+    requeue: bool = Field(default=True, description="Jobs are requeueable and requeue themselves before the time limit.")
+    max_parallel: int | None = Field(default=None, ge=1, description="Most array tasks running at once (--array=...%N).")
+    vllm_server: bool = Field(
+        default=False, description="Generate through one `vllm serve` job and a client array (else one engine per task)."
+    )
+    server_port: int = Field(default=8000, ge=1024, le=65535, description="Port of the vLLM server job.")
+    server_wait_s: int = Field(default=1800, ge=10, description="How long clients wait for the server to answer.")
+    submit_timeout_s: float = Field(default=30.0, gt=0, description="Bound on every sbatch / squeue / scontrol call.")
+
+    def job(self, stage: str) -> JobSettings:
+        """The settings of one kind of job: its overrides over the top-level values."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown job kind {stage}")
+        own = getattr(self, stage).model_dump(exclude_none=True)
+        base = {k: getattr(self, k) for k in JobSettings.model_fields}
+        return JobSettings.model_validate({**base, **own})
+
+
+def load_slurm_settings(
+    site: Path | None = None, section: dict[str, Any] | None = None, overrides: list[str] | None = None,
+    source: str = "slurm settings",
+) -> SlurmSettings:
+    """Site file, then the config's `slurm:` section, then `--set slurm.KEY=VALUE` overrides."""
+    data: dict[str, Any] = {}
+    if site is not None:
+        data.update(read_yaml(Path(site), "SLURM site file"))
+        source = str(site)
+    if section:
+        if not isinstance(section, dict):
+            raise UserError(f"{source}: 'slurm' must be a mapping of settings; got {type(section).__name__}")
+        data = _merge(data, section)
+    for item in overrides or []:
+        keys, value = parse_override(item, SlurmSettings)
+        apply_override(data, keys, value, item)
+    try:
+        return SlurmSettings.model_validate(data)
+    except ValidationError as exc:
+        message = format_validation_error(exc, source, SlurmSettings)
+        raise UserError(message.replace("\n  - ", "\n  - slurm.")) from None
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
