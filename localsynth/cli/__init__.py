@@ -28,6 +28,7 @@ _VALUE_OPTIONS = (
     "--set", "--mode", "--shard", "--run-dir", "--model", "--real", "--synthetic", "--task", "--out", "--test",
     "--text-column", "--label-column", "--label-map", "--batch-size", "--max-length", "--device", "--hf-config",
     "--train-split", "--test-split", "--test-size", "--seed",
+    "--site", "--shards",
 )
 
 
@@ -50,6 +51,9 @@ def _register() -> None:
     app.command("train")(train.train)
     app.command("evaluate")(evaluate.evaluate)
     app.add_typer(analyze.app, name="analyze")
+    from localsynth.cli import slurm as slurm_cli  # SLURM jobs of a stage or a study
+
+    app.add_typer(slurm_cli.app, name="slurm")
 
 
 _register()
