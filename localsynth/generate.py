@@ -354,6 +354,7 @@ def run_generate(
     rows = pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
     stats = summarize(rows, gen, time.monotonic() - start - load_seconds, from_log, cfg)
     stats["load_seconds"] = round(load_seconds, 3)
+    stats["gpus"] = getattr(backend, "gpus", 0)
     failed = rows.filter(pl.col("parse_error").str.starts_with("request_failed")).height
     if failed and stats["shortfall_per_label"]:
         # Not complete: the failed requests are asked again when the same command is rerun.

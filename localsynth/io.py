@@ -36,3 +36,25 @@ def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     tmp = _tmp(path)
     df.write_parquet(tmp, compression="zstd")
     _commit(tmp, path)
+
+
+def update_text(path: Path, text: str) -> bool:
+    """Write `text` atomically unless the file already holds it (re-runs leave files untouched)."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_text_atomic(path, text)
+    return True
+
+
+def update_json(path: Path, data: Any) -> bool:
+    return update_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def update_bytes(path: Path, data: bytes) -> bool:
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_bytes(data)
+    _commit(tmp, path)
+    return True

@@ -435,7 +435,8 @@ def plot_scores(table: pl.DataFrame, confidence: float) -> bytes:
     return _png(fig)
 
 
-def plot_gap(both: pl.DataFrame, stats: dict[str, Any]) -> bytes:
+def plot_gap(both: pl.DataFrame, stats: dict[str, Any] | None) -> bytes:
+    """Gap against subjectivity, one point per task; `stats` None: too few tasks to correlate."""
     fig = _figure()
     ax = fig.subplots()
     ax.scatter(both["subjectivity"], both["gap"])
@@ -444,6 +445,8 @@ def plot_gap(both: pl.DataFrame, stats: dict[str, Any]) -> bytes:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("task subjectivity (-Bradley-Terry score)")
     ax.set_ylabel("Macro-F1 gap (real - synthetic)")
-    ax.set_title(f"Spearman rho {stats['spearman_rho']:.3f} (p = {stats['p_value']:.3g}, {stats['tasks']} tasks)", fontsize=10)
+    title = (f"Spearman rho {stats['spearman_rho']:.3f} (p = {stats['p_value']:.3g}, {stats['tasks']} tasks)" if stats
+             else f"{both.height} task(s): too few for a rank correlation (needs 3)")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     return _png(fig)

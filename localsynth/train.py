@@ -302,6 +302,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "train_rows": rows.height,
         "label_counts": dict(rows.group_by("label").len().sort("label").iter_rows()),
         "world_size": world,
+        "gpus": world if accelerator.device.type == "cuda" else 0,
         "steps": state["global_step"],
         "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
         "seconds": round(seconds, 2),

@@ -33,8 +33,14 @@ class TrainSource(Strict):
     text_column: str = Field(default="text", description="Column holding the text.")
     label_column: str = Field(default="label", description="Column holding the label name.")
     label_map: dict[str, str] = Field(default_factory=dict, description="Rename source labels to task labels.")
-    weight: float = Field(default=1.0, gt=0, description="Share of the training mix, relative to the other sources.")
+    weight: float | None = Field(
+        default=1.0, gt=0, description="Share of the training mix, relative to the other weighted sources; "
+        "None: all rows of this source, added outside the mix.",
+    )
     max_rows: int | None = Field(default=None, ge=1, description="Use at most this many rows of this source.")
+    max_rows_per_label: int | None = Field(
+        default=None, ge=1, description="Use at most this many rows of each label (a stratified sample)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainSource:

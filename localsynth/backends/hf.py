@@ -18,6 +18,7 @@ from localsynth.errors import UserError, require
 
 class HFBackend:
     name = "hf"
+    gpus = 0  # GPUs the loaded model holds (for GPU-hour accounting)
 
     def __init__(self, cfg: GeneratorConfig):
         self.cfg = cfg
@@ -57,6 +58,7 @@ class HFBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.device = device
+        self.gpus = 1 if device.startswith("cuda") else 0
 
     def generate(self, requests: Sequence[ChatRequest], sampling: Sampling) -> Results:
         import torch

