@@ -4,7 +4,9 @@ and requeued shards, a failing shard whose dependents are cancelled, and a resub
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,10 +33,10 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A running cluster for the session; skipped where none can be started here."""
-    installed = all(subprocess.run(["which", p], capture_output=True).returncode == 0 for p in ("slurmctld", "slurmd", "munged"))
+    installed = all(shutil.which(p) for p in ("slurmctld", "slurmd", "munged", "sbatch"))
     if not installed and os.geteuid() != 0:
         pytest.skip("SLURM is not installed and installing it needs root: apt-get install slurmctld slurmd slurm-client munge")
-    if subprocess.run(["which", "apt-get"], capture_output=True).returncode and not installed:
+    if not installed and not shutil.which("apt-get"):
         pytest.skip("SLURM is not installed and there is no apt-get here to install it")
     state = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "SLURM_CTLD_PORT": str(free_port()), "SLURM_D_PORT": str(free_port())}
@@ -83,6 +85,11 @@ def submit(config: Path, *args: str, env=None):
     result = run_cli("slurm", "submit", str(config), *args, env=env, cwd=config.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     return {line.split()[2]: line.split()[1] for line in result.stdout.splitlines() if line.startswith("submitted")}
+
+
+def run_dir_of(out_dir: Path) -> Path:
+    plan = json.loads((out_dir / "plan.json").read_text())
+    return Path(plan["generate"][0]["run_dir"])
 
 
 def shard_rows(run_dir: Path) -> pl.DataFrame:
@@ -152,7 +159,7 @@ def study(tmp_path, tiny_llama) -> Path:
     bert = build_tiny_bert(tmp_path / "bert", None)
     cfg = {
         "name": "tiny-slurm", "out_dir": str(tmp_path / "study"), "tasks": ["sms_spam"],
-        "conditions": ["real", "zero-shot"], "models": {"bert": str(bert)}, "seeds": [0], "sizes": [20],
+        "conditions": ["real", "zero-shot"], "models": {"bert": str(bert)}, "seeds": [0], "sizes": [12],
         "data_dir": str(tmp_path / "data"),
         "generation": {"generator": {"backend": "hf", "model": str(tiny_llama), "sampling": {"max_tokens": 24}},
                        "quota": {"per_label": 12}, "filters": {"drop_truncated": False}, "shards": 3},
@@ -173,8 +180,8 @@ def test_study_through_sbatch_matches_a_local_run(slurm_cluster, study, tmp_path
     assert scontrol_fields(report)[0]["JobState"] == "COMPLETED", (tmp_path / "study/slurm/logs").iterdir()
     local = run_cli("experiment", str(study), "--out", str(tmp_path / "local"), env=cli_env, cwd=tmp_path)
     assert local.returncode == 0, local.stderr
-    slurm_rows = shard_rows(tmp_path / "study/runs/sms_spam-zero-shot")
-    local_rows = shard_rows(tmp_path / "local/runs/sms_spam-zero-shot")
+    slurm_rows = shard_rows(run_dir_of(tmp_path / "study"))
+    local_rows = shard_rows(run_dir_of(tmp_path / "local"))
     assert slurm_rows.select("id", "text", "label").equals(local_rows.select("id", "text", "label"))
     slurm_table = (tmp_path / "study/report/table1.md").read_text()
     assert slurm_table == (tmp_path / "local/report/table1.md").read_text()
@@ -184,7 +191,9 @@ def test_study_through_sbatch_matches_a_local_run(slurm_cluster, study, tmp_path
 
 def test_failing_shard_cancels_dependents_and_resubmit_sends_only_it(slurm_cluster, study, tmp_path, cli_env):
     # Fault injection: a file where shard 1 keeps its request log makes that shard fail.
-    run_dir = tmp_path / "study/runs/sms_spam-zero-shot"
+    plan = run_cli("experiment", str(study), "--stage", "plan", env=cli_env, cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    run_dir = run_dir_of(tmp_path / "study")
     blocker = run_dir / "shards" / "00001-of-00003.log"
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a folder")
