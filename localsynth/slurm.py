@@ -283,5 +283,5 @@ def experiment_jobs(
                                slurm_dir / "logs", None),
     }
     jobs.append(Job("report", "report", f"ls-report-{name}", slurm_dir / "report.sbatch", render("report", values),
-                    None, [], train_keys))
+                    None, [Path(plan["report_dir"]) / "report.md"], train_keys))
     return jobs

@@ -125,9 +125,11 @@ def submit(jobs: list[Job], settings: SlurmSettings, slurm_dir: Path, source: st
         )
     check_partitions(jobs, settings)
     missing = {job.key: job.missing_tasks() for job in jobs}
-    for job in jobs:  # a server job is needed while its clients have work
-        if job.kind == "server":
-            missing[job.key] = [0] if any(missing[k] for k in missing if k == job.key.replace("server:", "generate:")) else []
+    for job in jobs:  # parents come first in a plan
+        if job.kind == "server":  # needed while its clients have work
+            missing[job.key] = [0] if missing.get(job.key.replace("server:", "generate:")) else []
+        elif job.tasks is None and any(missing.get(k) for k in job.after_ok):
+            missing[job.key] = [0]  # a single job (the report) reruns when anything before it does
     write_scripts(jobs)
     ids: dict[str, str] = {}
     entries: list[dict[str, Any]] = []
