@@ -157,9 +157,9 @@ def task_level(plan: Plan, cfg: ExperimentConfig, table: pl.DataFrame, target: P
     from localsynth import subjectivity as sj
 
     synthetic = cfg.analysis.gap_condition
-    largest = table.filter(pl.col("size") == table["size"][0])
-    real = largest.filter(pl.col("condition") == "real").group_by("task").agg(pl.col("macro_f1_mean").mean().alias("real_f1"))
-    synth = largest.filter(pl.col("condition") == synthetic).group_by("task").agg(pl.col("macro_f1_mean").mean().alias("synthetic_f1"))
+    first_size = table.filter(pl.col("size") == table["size"][0])  # the first of `sizes`
+    real = first_size.filter(pl.col("condition") == "real").group_by("task").agg(pl.col("macro_f1_mean").mean().alias("real_f1"))
+    synth = first_size.filter(pl.col("condition") == synthetic).group_by("task").agg(pl.col("macro_f1_mean").mean().alias("synthetic_f1"))
     gaps = real.join(synth, on="task").with_columns((pl.col("real_f1") - pl.col("synthetic_f1")).alias("gap"))
     if gaps.height == 0:
         return None
