@@ -21,7 +21,7 @@ import polars as pl
 from localsynth.errors import UserError
 from localsynth.experiment import Plan, cell_is_done, size_tag
 from localsynth.experimentconfig import ExperimentConfig
-from localsynth.io import update_bytes, update_json, update_text, write_json_atomic
+from localsynth.io import update_bytes, update_json, update_text, write_json_atomic, write_parquet_atomic
 from localsynth.progress import log
 from localsynth.subjectivity import markdown_table
 
@@ -81,7 +81,8 @@ def table1_markdown(table: pl.DataFrame) -> str:
 
 def diversity(plan: Plan, cfg: ExperimentConfig) -> pl.DataFrame | None:
     """Per task: the real training texts and each synthetic set, sampled to one size so the
-    numbers compare (Chamfer shrinks as a set grows); cached per task in analysis/."""
+    numbers compare (Chamfer shrinks as a set grows); cached per task in analysis/diversity/,
+    with the sampled texts of each set beside it (<task>/<set>.parquet)."""
     if not cfg.analysis.diversity:
         return None
     from localsynth import diversity as dv
@@ -101,6 +102,8 @@ def diversity(plan: Plan, cfg: ExperimentConfig) -> pl.DataFrame | None:
             rows = _read(cache)["rows"]
         else:
             log(f"diversity of {task}: {len(sets)} sets of {size} texts")
+            for name, texts in sampled.items():  # the exact texts measured, for anyone to recompute
+                write_parquet_atomic(pl.DataFrame({"text": texts}), cache.with_suffix("") / f"{name}.parquet")
             text_sets = [dv.TextSet(name, f"{task}/{name}", texts=texts) for name, texts in sampled.items()]
             rows = dv.analyze(text_sets[1:], text_sets[0], metrics=cfg.analysis.metrics,
                               model_dir=cfg.analysis.embedding_model, device=cfg.evaluation.device)

@@ -130,6 +130,16 @@ def test_diversity_and_cost_are_reported(study):
     assert div["n"].n_unique() == 1  # sampled to one size, so Chamfer compares
     assert div.filter(pl.col("set") == "real")["similarity_to_real"].is_null().all()
     assert div.filter(pl.col("set") != "real")["similarity_to_real"].is_between(-1, 1).all()
+    # The measured texts are kept: the numbers recompute with the plain analysis command.
+    sampled = study["out"] / "analysis" / "diversity" / "financial_phrasebank"
+    again = run_cli("analyze", "diversity", "--texts", str(sampled / "zero-shot.parquet"), "--real",
+                    str(sampled / "real.parquet"), "--out", str(study["out"] / "again.json"), env=study["env"])
+    assert again.returncode == 0, again.stderr
+    rows = json.loads((study["out"] / "again.json").read_text())["rows"]
+    zero = div.filter(pl.col("set") == "zero-shot").row(0, named=True)
+    assert rows[1]["chamfer_cosine"] == pytest.approx(zero["chamfer_cosine"], abs=1e-6)
+    assert rows[1]["similarity_to_real"] == pytest.approx(zero["similarity_to_real"], abs=1e-6)
+    (study["out"] / "again.json").unlink()
     cost = json.loads((study["out"] / "report" / "cost.json").read_text())
     stats = [json.loads(p.read_text()) for p in (study["out"] / "generate").glob("*/shards/*.stats.json")]
     assert cost["total"]["completion_tokens"] == sum(s["completion_tokens"] for s in stats) > 0
