@@ -223,3 +223,13 @@ def test_failing_shard_cancels_dependents_and_resubmit_sends_only_it(slurm_clust
     assert scontrol_fields(report2)[0]["JobState"] == "COMPLETED"
     rows = shard_rows(run_dir)
     assert rows["id"].n_unique() == rows.height and len(list((run_dir / "shards").glob("*.done"))) == 3
+
+
+def test_unknown_partition_on_the_real_cluster(slurm_cluster, tiny_llama, tmp_path, cli_env):
+    from test_cli_errors import assert_user_error
+
+    config = write_yaml(tmp_path / "gen.yaml", generate_config(tmp_path, tiny_llama))
+    result = run_cli("slurm", "submit", str(config), "--site", str(site_file(tmp_path, partition="gpux")),
+                     env=cli_env, cwd=tmp_path)
+    assert_user_error(result, "slurm.partition 'gpux'", "debug")  # the cluster's real partition list
+    assert not (tmp_path / "run" / "slurm" / "jobs.json").exists()
