@@ -71,6 +71,21 @@ def wait_for(condition, timeout: float, what: str, interval: float = 1.0):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def release_requeued(job: str) -> None:
+    """A requeued job is held for about two minutes (Reason=BeginTime): once it is pending
+    again, move its start time to now (until the controller takes it)."""
+    wait_for(lambda: scontrol_fields(job)[0].get("Restarts") == "1", 60, f"{job} to be requeued")
+
+    def started() -> bool:
+        fields = scontrol_fields(job)[0]
+        if fields.get("JobState") == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
+            return False
+        return True
+
+    wait_for(started, 120, f"{job} to start again", 1)
+
+
 def finished(job: str) -> bool:
     states = [f.get("JobState") for f in scontrol_fields(job)]
     return bool(states) and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for s in states)
@@ -123,9 +138,7 @@ def test_preempted_shards_requeue_and_resume(slurm_cluster, tiny_llama, tmp_path
             subprocess.run(["scontrol", "requeue", f"{array}_1"], check=True, timeout=30)
     assert not list(logs.glob("*.done"))
     for task in (0, 1):
-        wait_for(lambda t=task: scontrol_fields(f"{array}_{t}")[0].get("Restarts") == "1", 60, f"task {task} requeued")
-        # A requeued job is held for about two minutes (Reason=BeginTime); let it start now.
-        subprocess.run(["scontrol", "update", f"JobId={array}_{task}", "StartTime=now"], timeout=30)
+        release_requeued(f"{array}_{task}")
     wait_for(lambda: finished(f"{array}"), 300, "the array to finish", 2)
     assert [f["JobState"] for f in scontrol_fields(array)] == ["COMPLETED", "COMPLETED"]
     for task in (0, 1):
@@ -233,3 +246,27 @@ def test_unknown_partition_on_the_real_cluster(slurm_cluster, tiny_llama, tmp_pa
                      env=cli_env, cwd=tmp_path)
     assert_user_error(result, "slurm.partition 'gpux'", "debug")  # the cluster's real partition list
     assert not (tmp_path / "run" / "slurm" / "jobs.json").exists()
+
+
+def test_requeued_training_resumes_from_its_checkpoint(slurm_cluster, tmp_path, cli_env):
+    """A training job requeued mid-way (as preemption does) resumes from its last checkpoint and
+    completes the same schedule."""
+    separable(400, 0).write_parquet(tmp_path / "train.parquet")
+    bert = build_tiny_bert(tmp_path / "bert", None)
+    out = tmp_path / "clf"
+    cfg = {"model": str(bert), "labels": ["neg", "pos"], "train": [{"path": str(tmp_path / "train.parquet")}],
+           "out_dir": str(out), "progress": "log",
+           "training": {"learning_rate": 1e-3, "batch_size": 8, "epochs": 12, "max_length": 32, "checkpoint_every_steps": 10}}
+    config = write_yaml(tmp_path / "train.yaml", cfg)
+    (job,) = submit(config, "--site", str(site_file(tmp_path)), env=cli_env).values()
+    wait_for(lambda: list((out / "checkpoints").glob("step-*")), 240, "a first checkpoint", 0.1)
+    assert not (out / "train.done").exists(), "training finished before it could be requeued; give it more steps"
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+    release_requeued(job)
+    wait_for(lambda: finished(job), 600, "the training job to finish", 2)
+    assert scontrol_fields(job)[0]["JobState"] == "COMPLETED"
+    record = json.loads((out / "training.json").read_text())
+    assert record["resumed_from"] and "step-" in record["resumed_from"], record
+    assert record["steps"] == 12 * 400 // 8  # the whole schedule, not restarted from zero nor cut short
+    log = next((out / "slurm" / "logs").glob("*.out")).read_text()
+    assert "attempt 2" in log, log
