@@ -223,8 +223,9 @@ def run_generation(plan: Plan, only: list[str] | None = None) -> None:
 
 def run_cell(plan: Plan, cell: Cell, cfg: ExperimentConfig) -> None:
     """Train (or resume) and evaluate one cell; nothing when its evaluation is done."""
+    name = f"cell {cell.index + 1}/{len(plan.cells)} {cell.id}"
     if cell_is_done(cell):
-        log(f"cell {cell.id}: done, skipped")
+        log(f"{name}: done, skipped")
         return
     missing = [r.id for r in plan.generate if r.id in cell.needs and not run_is_done(r)]
     if missing:
@@ -235,7 +236,7 @@ def run_cell(plan: Plan, cell: Cell, cfg: ExperimentConfig) -> None:
     from localsynth.train import run_train
     from localsynth.trainconfig import load_train_config
 
-    log(f"cell {cell.id}: training")
+    log(f"{name}: training")
     run_train(load_train_config(cell.train_config))
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch: one process evaluates
         return
@@ -246,7 +247,7 @@ def run_cell(plan: Plan, cell: Cell, cfg: ExperimentConfig) -> None:
     test_file = plan.data[cell.task]["test"]
     test_df = pl.read_parquet(test_file)
     ev = cfg.evaluation
-    log(f"cell {cell.id}: evaluating on {test_df.height} real test rows")
+    log(f"{name}: evaluating on {test_df.height} real test rows")
     evaluate_model(cell.train_dir, test_df, cell.eval_dir, batch_size=ev.batch_size, max_length=ev.max_length,
                    device=ev.device, progress=cfg.progress,
                    test_source={"path": test_file, "rows": test_df.height, "task": cell.task})
