@@ -1,7 +1,7 @@
 """The study's report: Table 1, diversity, subjectivity, cost (Markdown, CSV, JSON and PNG).
 
     report/report.md                     everything below, in reading order
-    report/table1.{md,csv}               Macro-F1 / accuracy per task x condition x model (x size),
+    report/table1.{md,csv,png}           Macro-F1 / accuracy per task x condition x model (x size),
                                          mean and sample standard deviation over seeds
     report/cells.csv                     one row per cell (every seed)
     report/diversity.{md,csv}            Remote-Clique, Chamfer, similarity to real per task and set
@@ -21,7 +21,13 @@ import polars as pl
 from localsynth.errors import UserError
 from localsynth.experiment import Plan, cell_is_done, size_tag
 from localsynth.experimentconfig import ExperimentConfig
-from localsynth.io import update_bytes, update_json, update_text, write_json_atomic, write_parquet_atomic
+from localsynth.io import (
+    update_bytes,
+    update_json,
+    update_text,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from localsynth.progress import log
 from localsynth.subjectivity import markdown_table
 
@@ -74,6 +80,32 @@ def table1_markdown(table: pl.DataFrame) -> str:
         title = "all training rows" if size == "all" else f"{size.removeprefix('n')} training rows per label and source"
         blocks.append(f"Macro-F1 (accuracy), mean ± sd over seeds; {title}:\n\n" + "\n".join(lines) + "\n")
     return "\n".join(blocks)
+
+
+def table1_plot(table: pl.DataFrame) -> bytes:
+    """Grouped bars: Macro-F1 per task, one bar per model and condition (the first size), with
+    the standard deviation over seeds as error bars."""
+    import numpy as np
+
+    from localsynth.subjectivity import _figure, _png
+
+    part = table.filter(pl.col("size") == table["size"][0])
+    tasks = list(dict.fromkeys(part["task"]))
+    series = list(dict.fromkeys(f"{m} · {c}" for m, c in part.select("model", "condition").iter_rows()))
+    fig = _figure(max(6.4, 1.2 * len(tasks) * max(1, len(series)) / 3), 4.4)
+    ax = fig.subplots()
+    width = 0.8 / len(series)
+    for i, name in enumerate(series):
+        rows = {r["task"]: r for r in part.iter_rows(named=True) if f"{r['model']} · {r['condition']}" == name}
+        mean = [rows[t]["macro_f1_mean"] if t in rows else np.nan for t in tasks]
+        sd = [(rows[t]["macro_f1_sd"] or 0.0) if t in rows else 0.0 for t in tasks]
+        ax.bar(np.arange(len(tasks)) + (i - (len(series) - 1) / 2) * width, mean, width, yerr=sd, capsize=2, label=name)
+    ax.set_xticks(np.arange(len(tasks)), labels=tasks, rotation=20 if len(tasks) > 4 else 0)
+    ax.set_ylabel("Macro-F1 on the real test data")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 # ----------------------------------------------------------------------------- diversity
@@ -265,9 +297,10 @@ def write_report(plan: Plan, cfg: ExperimentConfig) -> Path:
     update_text(target / "table1.csv", table.write_csv())
     t1 = table1_markdown(table)
     update_text(target / "table1.md", t1)
+    update_bytes(target / "table1.png", table1_plot(table))
     sections = [f"# Study: {cfg.name}\n", f"{len(plan.cells)} cells: tasks {', '.join(plan.data)}; conditions "
                 f"{', '.join(cfg.conditions)}; models {', '.join(cfg.models)}; seeds {', '.join(map(str, cfg.seeds))}.\n",
-                "## Table 1: classifiers on the real test data\n", t1]
+                "## Table 1: classifiers on the real test data\n", t1, "![Table 1](table1.png)\n"]
     div = diversity(plan, cfg)
     if div is not None:
         update_text(target / "diversity.csv", div.write_csv())

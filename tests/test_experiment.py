@@ -23,7 +23,7 @@ CUES = {
 }
 FILLER = "the company its shares in of for quarter year and net sales".split()
 REPORT_FILES = [
-    "report.md", "table1.md", "table1.csv", "cells.csv", "diversity.md", "diversity.csv", "cost.md", "cost.json",
+    "report.md", "table1.md", "table1.csv", "table1.png", "cells.csv", "diversity.md", "diversity.csv", "cost.md", "cost.json",
     "subjectivity/financial_phrasebank-instance_agreement.csv", "subjectivity/financial_phrasebank-instance_agreement.md",
     "subjectivity/financial_phrasebank-instance_agreement.png", "subjectivity/task_subjectivity.csv",
     "subjectivity/task_subjectivity.md", "subjectivity/gap_vs_subjectivity.png",
