@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -27,7 +26,12 @@ from localsynth import devices
 from localsynth.config import DataSource
 from localsynth.data import load_source
 from localsynth.errors import UserError
-from localsynth.io import _commit, _tmp, write_json_atomic, write_parquet_atomic, write_text_atomic
+from localsynth.io import (
+    write_bytes_atomic,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 from localsynth.progress import console, log
 
 METRICS, PREDICTIONS, CONFUSION, DONE = "metrics.json", "predictions.parquet", "confusion.png", "eval.done"
@@ -306,15 +310,14 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], title: str) -> by
     """PNG bytes: counts in the cells, colour by share of the true label's row. Drawn on an Agg
     canvas of its own: no pyplot state, no display needed, the caller's backend untouched."""
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+
+    from localsynth.plots import figure, png
 
     counts = np.asarray(matrix)
     rows = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
     size = max(4.0, 0.6 * len(labels) + 2.5)
-    fig = Figure(figsize=(size + 1, size), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = figure(size + 1, size)
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true label")
@@ -328,17 +331,7 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], title: str) -> by
         for j in range(len(labels)):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=9,
                     color="white" if shares[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_bytes(data)
-    _commit(tmp, path)
+    return png(fig)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -442,7 +435,7 @@ def write_outputs(out: Path, metrics: dict[str, Any], predictions: pl.DataFrame,
     (out / DONE).unlink(missing_ok=True)  # from here the folder is not complete until the marker
     write_json_atomic(out / METRICS, metrics)
     write_parquet_atomic(predictions, out / PREDICTIONS)
-    _write_bytes_atomic(out / CONFUSION, png)
+    write_bytes_atomic(out / CONFUSION, png)
     write_text_atomic(out / DONE, json.dumps({"metrics": METRICS, "macro_f1": metrics["macro_f1"]}) + "\n")
 
 

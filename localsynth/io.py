@@ -27,6 +27,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     _commit(tmp, path)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_bytes(data)
+    _commit(tmp, path)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
@@ -53,8 +60,5 @@ def update_json(path: Path, data: Any) -> bool:
 def update_bytes(path: Path, data: bytes) -> bool:
     if path.is_file() and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_bytes(data)
-    _commit(tmp, path)
+    write_bytes_atomic(path, data)
     return True

@@ -87,12 +87,12 @@ def table1_plot(table: pl.DataFrame) -> bytes:
     the standard deviation over seeds as error bars."""
     import numpy as np
 
-    from localsynth.subjectivity import _figure, _png
+    from localsynth.plots import figure, png
 
     part = table.filter(pl.col("size") == table["size"][0])
     tasks = list(dict.fromkeys(part["task"]))
     series = list(dict.fromkeys(f"{m} · {c}" for m, c in part.select("model", "condition").iter_rows()))
-    fig = _figure(max(6.4, 1.2 * len(tasks) * max(1, len(series)) / 3), 4.4)
+    fig = figure(max(6.4, 1.2 * len(tasks) * max(1, len(series)) / 3), 4.4)
     ax = fig.subplots()
     width = 0.8 / len(series)
     for i, name in enumerate(series):
@@ -105,7 +105,7 @@ def table1_plot(table: pl.DataFrame) -> bytes:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 # ----------------------------------------------------------------------------- diversity

@@ -18,7 +18,6 @@ Spearman correlation between each task's real-minus-synthetic F1 gap and its sub
 from __future__ import annotations
 
 import difflib
-import io
 import math
 import os
 import re
@@ -30,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from localsynth.errors import UserError
+from localsynth.plots import figure, png
 
 SUBSET_FILE = re.compile(r"sentences_(\d+|all)agree\.(csv|tsv|parquet|jsonl)$", re.IGNORECASE)
 PAIR_COLUMNS = (("more_objective", "less_objective"), ("winner", "loser"))
@@ -50,22 +50,6 @@ def _cell(value: Any, decimals: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return f"{value:.{decimals}f}" if isinstance(value, float) else str(value)
-
-
-def _figure(width: float = 6.4, height: float = 4.4):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=120)
-    FigureCanvasAgg(fig)  # a canvas of its own: no pyplot state, no display
-    return fig
-
-
-def _png(fig) -> bytes:
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------- instance agreement
@@ -212,7 +196,7 @@ def accuracy_curves(conditions: Mapping[str, pl.DataFrame], gammas: Sequence[flo
 
 def plot_curves(table: pl.DataFrame) -> bytes:
     """PNG: accuracy and Macro-F1 against gamma, one curve per condition."""
-    fig = _figure(10, 4.2)
+    fig = figure(10, 4.2)
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("accuracy", "macro_f1")):
         for (name,), part in table.group_by("condition", maintain_order=True):
@@ -223,7 +207,7 @@ def plot_curves(table: pl.DataFrame) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Test performance against instance agreement", fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 # ----------------------------------------------------------------------------- task level
@@ -423,7 +407,7 @@ def gap_correlation(scores: pl.DataFrame, gaps: pl.DataFrame, seed: int = 0) -> 
 
 
 def plot_scores(table: pl.DataFrame, confidence: float) -> bytes:
-    fig = _figure(6.4, 0.45 * table.height + 1.6)
+    fig = figure(6.4, 0.45 * table.height + 1.6)
     ax = fig.subplots()
     y = np.arange(table.height)[::-1]
     score, lo, hi = (table[c].to_numpy() for c in ("score", "score_lo", "score_hi"))
@@ -432,12 +416,12 @@ def plot_scores(table: pl.DataFrame, confidence: float) -> bytes:
     ax.set_yticks(y, labels=table["task"].to_list())
     ax.set_xlabel(f"Bradley-Terry score (higher = more objective), {confidence:.0%} bootstrap interval")
     ax.grid(alpha=0.3, axis="x")
-    return _png(fig)
+    return png(fig)
 
 
 def plot_gap(both: pl.DataFrame, stats: dict[str, Any] | None) -> bytes:
     """Gap against subjectivity, one point per task; `stats` None: too few tasks to correlate."""
-    fig = _figure()
+    fig = figure()
     ax = fig.subplots()
     ax.scatter(both["subjectivity"], both["gap"])
     for task, x, y in both.select("task", "subjectivity", "gap").iter_rows():
@@ -449,4 +433,4 @@ def plot_gap(both: pl.DataFrame, stats: dict[str, Any] | None) -> bytes:
              else f"{both.height} task(s): too few for a rank correlation (needs 3)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)

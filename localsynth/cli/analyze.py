@@ -7,22 +7,11 @@ from pathlib import Path
 
 import typer
 
+from localsynth.cli.groups import command_group
 from localsynth.errors import UserError
 
-app = typer.Typer(
-    help="Analyses: diversity of text sets, accuracy against agreement, task subjectivity.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-subjectivity_app = typer.Typer(
-    help="Subjectivity: accuracy against instance agreement; Bradley-Terry task scores.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+app = command_group("Analyses: diversity of text sets, accuracy against agreement, task subjectivity.")
+subjectivity_app = command_group("Subjectivity: accuracy against instance agreement; Bradley-Terry task scores.")
 app.add_typer(subjectivity_app, name="subjectivity")
 
 
@@ -54,12 +43,6 @@ def _write_table(out: Path, stem: str, table, extra: dict | None = None) -> list
     write_text_atomic(out / f"{stem}.md", markdown_table(table))
     write_json_atomic(out / f"{stem}.json", {**(extra or {}), "rows": table.to_dicts()})
     return [f"{stem}.csv", f"{stem}.md", f"{stem}.json"]
-
-
-def _write_png(path: Path, data: bytes) -> None:
-    from localsynth.evaluate import _write_bytes_atomic
-
-    _write_bytes_atomic(path, data)
 
 
 @app.command("diversity")
@@ -132,6 +115,7 @@ def instances(
     import polars as pl
 
     from localsynth import subjectivity as sj
+    from localsynth.io import write_bytes_atomic
 
     columns = [c.strip() for item in annotators for c in item.split(",") if c.strip()]
     gammas = sj.check_gammas(gamma) if gamma else None
@@ -157,7 +141,7 @@ def instances(
     table = sj.accuracy_curves(conditions, gammas)
     target = _out_dir(out)
     files = _write_table(target, "instance_agreement", table)
-    _write_png(target / "instance_agreement.png", sj.plot_curves(table))
+    write_bytes_atomic(target / "instance_agreement.png", sj.plot_curves(table))
     typer.echo(sj.markdown_table(table), nl=False)
     typer.echo(f"wrote {target / files[0]}, {', '.join(files[1:])}, instance_agreement.png")
 
@@ -178,6 +162,7 @@ def tasks(
     the real-minus-synthetic F1 gap."""
     from localsynth import subjectivity as sj
     from localsynth.config import available_tasks
+    from localsynth.io import write_bytes_atomic
 
     if method not in ("mm", "logistic"):
         raise UserError(f"--method must be mm or logistic; got '{method}'")
@@ -191,10 +176,10 @@ def tasks(
         both, stats = sj.gap_correlation(table, gap_table)
         summary["correlation"] = stats
         table = table.join(gap_table, on="task", how="left")
-        _write_png(target / "gap_vs_subjectivity.png", sj.plot_gap(both, stats))
+        write_bytes_atomic(target / "gap_vs_subjectivity.png", sj.plot_gap(both, stats))
         written.append("gap_vs_subjectivity.png")
     files = _write_table(target, "task_subjectivity", table, {"summary": summary})
-    _write_png(target / "task_scores.png", sj.plot_scores(table, confidence))
+    write_bytes_atomic(target / "task_scores.png", sj.plot_scores(table, confidence))
     typer.echo(sj.markdown_table(table), nl=False)
     if "correlation" in summary:
         c = summary["correlation"]

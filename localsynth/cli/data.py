@@ -7,15 +7,10 @@ from typing import Any
 
 import typer
 
+from localsynth.cli.groups import command_group
 from localsynth.errors import UserError
 
-app = typer.Typer(
-    help="Real labelled data: import it into canonical Parquet.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+app = command_group("Real labelled data: import it into canonical Parquet.")
 
 
 @app.callback()

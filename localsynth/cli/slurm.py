@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(
-    help="Run a generation config, a training config or a whole experiment as SLURM jobs.",
-    no_args_is_help=True,
-)
+from localsynth.cli.groups import command_group
+
+app = command_group("Run a generation config, a training config or a whole experiment as SLURM jobs.")
 
 CONFIG = typer.Argument(..., help="A generation, training or experiment config YAML (told apart by its keys).")
 SITE = typer.Option(None, "--site", help="YAML of SLURM settings (partition, account, time, gpus, setup, ...).")
