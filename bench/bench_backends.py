@@ -57,7 +57,7 @@ def build_requests(n: int, offset: int = 0) -> list[ChatRequest]:
     for i in range(offset, offset + n):
         label = task.label_names[i % len(task.label_names)]
         seed = derive_seed(0, task.name, label, i, 0)
-        style = sample_style(task, seed)
+        style = sample_style(task, seed, label)
         messages = [system_message(task, label, style), user_turn(task, label, style, 0)]
         requests.append(ChatRequest(f"bench/{label}/{i}", messages, seed))
     return requests

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import string
 import types
 import typing
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from localsynth.errors import UserError
+from localsynth.secrets import SECRET_NAMES, looks_secret, redact
 
 
 class Strict(BaseModel):
@@ -154,8 +156,10 @@ class TaskConfig(Strict):
     max_words: int = Field(default=60, ge=1, description="Word limit given to the generator.")
     labels: list[Label] = Field(min_length=2, description="At least two classes, each a name and a description.")
     prompts: Prompts = Field(description="Prompt templates: context, generation, diversity, few_shot.")
-    styles: dict[str, list[str]] = Field(
-        default_factory=dict, description="Attributes that vary per request; one value of each is sampled."
+    styles: dict[str, list[str] | dict[str, list[str]]] = Field(
+        default_factory=dict,
+        description="Attributes that vary per request; one value of each is sampled. An attribute given as a "
+        "mapping {label: [values]} is drawn from its label's own values (a spam sender is not a family member).",
     )
     conversation: Conversation = Field(default_factory=Conversation, description="Zero-shot conversation shape.")
     few_shot: FewShot = Field(default_factory=FewShot, description="Few-shot settings and the real example source.")
@@ -173,11 +177,28 @@ class TaskConfig(Strict):
 
     @field_validator("styles")
     @classmethod
-    def _styles_not_empty(cls, styles: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _styles_not_empty(cls, styles: dict[str, list[str] | dict[str, list[str]]]) -> dict:
         empty = [k for k, v in styles.items() if not v]
+        empty += [f"{k}.{label}" for k, v in styles.items() if isinstance(v, dict) for label, values in v.items() if not values]
         if empty:
             raise ValueError(f"style attributes need at least one value; empty: {', '.join(empty)}")
         return styles
+
+    @model_validator(mode="after")
+    def _per_label_styles_cover_labels(self) -> TaskConfig:
+        names = set(self.label_names)
+        problems = []
+        for attribute, values in self.styles.items():
+            if isinstance(values, dict) and set(values) != names:
+                missing, unknown = sorted(names - set(values)), sorted(set(values) - names)
+                problems.append((
+                    f"styles.{attribute}",
+                    f"per-label values must name every label exactly: missing {missing}, unknown {unknown}; "
+                    f"task labels: {', '.join(self.label_names)}",
+                ))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
 
     @model_validator(mode="after")
     def _templates_use_known_fields(self) -> TaskConfig:
@@ -201,12 +222,22 @@ class Sampling(Strict):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(default=160, ge=1, description="Most tokens generated per request.")
     stop: list[str] = Field(default_factory=list, description="Strings that end a generation.")
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, le=2.0,
+        description="Penalty on tokens already in the prompt or output (1: none; vllm, hf, and OpenAI-compatible "
+        "servers that accept it, such as vLLM's; the OpenAI API does not). Small models loop without it.",
+    )
 
 
 class VllmSettings(Strict):
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one engine spans.")
-    gpu_memory_utilization: float = Field(
-        default=0.90, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take (weights and KV cache)."
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="Share of GPU memory vLLM may take (weights and KV cache); None: 0.90 on GPUs. On a CPU build "
+        "vLLM reads it as a share of the RAM, so None there sizes the KV cache by cpu_kv_cache_gib instead.",
+    )
+    cpu_kv_cache_gib: float = Field(
+        default=2.0, gt=0.0, description="KV cache of a CPU-only vLLM build, in GiB (when gpu_memory_utilization is None)."
     )
     max_model_len: int | None = Field(default=None, ge=16, description="Context length; None: the model's own.")
     dtype: str = Field(default="auto", description="Weight dtype passed to vLLM ('auto', 'bfloat16', ...).")
@@ -265,7 +296,8 @@ class GeneratorConfig(Strict):
     )
     model: str | None = Field(
         default=None,
-        description="Local model folder (or served model name for openai). None with hf: a tiny smoke-test model.",
+        description="A local model folder, a .gguf file, a packaged model name (`localsynth models`), tiny-random "
+        "(a random smoke-test model), or the served model name (openai). None: smollm2-135m-instruct (hf, vllm).",
     )
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling parameters.")
     vllm: VllmSettings = Field(default_factory=VllmSettings, description="Settings of the vllm backend.")
@@ -277,11 +309,42 @@ class GeneratorConfig(Strict):
 # ----------------------------------------------------------------------------- generation run
 
 
+# A round plans every request of a shard at once, about 0.7 KB per planned row (measured with
+# `generate --dry-run`: 100,000 rows per label on sms_spam took 170 MB). These bounds keep one
+# shard under about 1.5 GB per label and refuse typos such as 1e12 before anything allocates.
+MAX_PER_LABEL = 10_000_000
+MAX_PER_SHARD = 1_000_000
+
+
+def shard_quota_problem(per_label: int, shards: int, fix: str) -> str | None:
+    """Why `per_label` rows per label are too many for `shards` shards (None: they are not).
+    `fix` names the setting to raise, with {n} for the smallest shard count that fits."""
+    share = -(-per_label // max(shards, 1))
+    if share <= MAX_PER_SHARD:
+        return None
+    n = -(-per_label // MAX_PER_SHARD)
+    return (
+        f"quota.per_label {per_label:,} leaves {share:,} rows per label to one shard, more than one shard "
+        f"plans at once (at most {MAX_PER_SHARD:,}; memory grows with it); split the run into at least {n} "
+        f"shards: {fix.format(n=n)}"
+    )
+
+
 class Quota(Strict):
     per_label: int = Field(default=100, ge=1, description="Kept rows per label, after parsing, filters and dedup.")
     labels: list[str] | None = Field(default=None, description="Generate only these labels (default: all).")
-    overgenerate: float = Field(default=1.2, ge=1.0, description="Requests planned per missing row.")
+    overgenerate: float = Field(default=1.2, ge=1.0, le=10.0, description="Requests planned per missing row.")
     max_topup_rounds: int = Field(default=5, ge=0, description="Further rounds to fill a shortfall.")
+
+    @field_validator("per_label")
+    @classmethod
+    def _bounded(cls, value: int) -> int:
+        if value > MAX_PER_LABEL:
+            raise ValueError(
+                f"{value:,} rows per label is more than one run produces (at most {MAX_PER_LABEL:,}); "
+                f"generate them in several runs, each with its own seed and run_dir, and train on all of them"
+            )
+        return value
 
 
 class Filters(Strict):
@@ -289,6 +352,18 @@ class Filters(Strict):
     max_words: int | None = Field(default=None, ge=1, description="None: twice the task's max_words.")
     drop_truncated: bool = Field(default=True, description="Drop outputs cut off by max_tokens.")
     drop_refusals: bool = Field(default=True, description="Drop outputs that open like a refusal ('I'm sorry, ...').")
+    cut_at_sentence: bool = Field(
+        default=True,
+        description="Shorten outputs cut off by max_tokens or over max_words to their last complete sentence inside "
+        "the word bounds (recorded in the row's cut_at_sentence) instead of dropping them.",
+    )
+    max_repeated_share: float = Field(
+        default=0.3, gt=0.0, le=1.0,
+        description="Drop texts in which more than this share of word pairs repeat an earlier pair (model loops); 1: off.",
+    )
+    drop_prompt_echoes: bool = Field(
+        default=True, description="Drop outputs that repeat six or more consecutive words of their own prompt."
+    )
     dedup: bool = Field(default=True, description="Drop exact duplicates after normalisation.")
     near_duplicate_jaccard: float | None = Field(
         default=0.8, gt=0.0, le=1.0, description="Drop texts whose word-set Jaccard with a kept text reaches this."
@@ -296,6 +371,16 @@ class Filters(Strict):
     copy_jaccard: float = Field(
         default=0.7, gt=0.0, le=1.0, description="Drop few-shot outputs this close to one of their examples."
     )
+
+    @model_validator(mode="after")
+    def _word_range(self) -> Filters:
+        if self.max_words is not None and self.min_words > self.max_words:
+            raise ConfigProblems([(
+                "min_words",
+                f"is {self.min_words} but max_words is {self.max_words}, so every text would be dropped; "
+                f"lower filters.min_words or raise filters.max_words",
+            )])
+        return self
 
 
 def runnable_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -331,9 +416,61 @@ def runnable_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             ))
 
     backend = generator.get("backend", gen_fields["backend"].default)
-    if backend in ("vllm", "openai") and not generator.get("model"):
-        what = "a local model folder" if backend == "vllm" else "the served model name"
-        problems.append(("generator.model", f"is required with the {backend} backend: set it to {what}"))
+    if backend == "openai" and not generator.get("model"):
+        problems.append(("generator.model", "is required with the openai backend: set it to the served model name"))
+
+    # filters.max_words null means twice the task's max_words: only here are both known.
+    filters = data.get("filters") if isinstance(data.get("filters"), Mapping) else {}
+    min_words = filters.get("min_words", Filters.model_fields["min_words"].default)
+    task_max = task.get("max_words", TaskConfig.model_fields["max_words"].default)
+    if filters.get("max_words") is None and all(type(v) is int for v in (min_words, task_max)) and min_words > 2 * task_max:
+        problems.append((
+            "filters.min_words",
+            f"is {min_words} but the longest text kept is {2 * task_max} words (filters.max_words is unset: twice "
+            f"task.max_words {task_max}), so every text would be dropped; lower filters.min_words or set "
+            f"filters.max_words",
+        ))
+    return problems + secret_problems(generator, "generator")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def secret_problems(generator: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """API keys come from the environment: a key typed into the generator settings is refused
+    (the messages never repeat it), before it can reach config.yaml, logs or a SLURM script."""
+    openai = generator.get("openai") if isinstance(generator.get("openai"), Mapping) else {}
+    fix = "put the key in an environment variable and name that variable in generator.openai.api_key_env"
+    problems = []
+    env = openai.get("api_key_env")
+    if isinstance(env, str) and (looks_secret(env) or not _ENV_NAME.fullmatch(env)):
+        what = "looks like an API key itself" if looks_secret(env) else f"'{redact(env)}' is not a variable name"
+        problems.append((
+            f"{prefix}.openai.api_key_env",
+            f"names the environment variable that holds the key, but {what}; {fix} (for example "
+            f"export OPENAI_API_KEY=... and api_key_env: OPENAI_API_KEY)",
+        ))
+    url = openai.get("base_url")
+    if isinstance(url, str) and looks_secret(url):
+        problems.append((
+            f"{prefix}.openai.base_url",
+            f"holds a credential ({redact(url)}); give only the server address (http://HOST:PORT/v1) and {fix}",
+        ))
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if isinstance(v, str) and v and SECRET_NAMES.fullmatch(str(k)):
+                    problems.append((f"{key}.{k}", f"holds a secret; remove it and {fix}"))
+                else:
+                    walk(v, f"{key}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(value, str) and looks_secret(value):
+            problems.append((key, f"holds what looks like an API key ({redact(value)}); remove it and {fix}"))
+
+    walk(openai.get("extra_body"), f"{prefix}.openai.extra_body")
     return problems
 
 
@@ -360,7 +497,7 @@ class GenerateConfig(Strict):
 
     @model_validator(mode="after")
     def _runnable(self) -> GenerateConfig:
-        problems = runnable_problems(self.model_dump(include={"task", "mode", "generator", "quota"}))
+        problems = runnable_problems(self.model_dump(include={"task", "mode", "generator", "quota", "filters"}))
         if problems:
             raise ConfigProblems(problems)
         return self
@@ -401,6 +538,8 @@ def task_search_path(config_dir: Path | None) -> list[Path]:
 
 
 def _is_task_file(path: Path) -> bool:
+    if not path.is_file():  # a FIFO or device named *.yaml would block the read (and Ctrl-C) forever
+        return False
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
@@ -414,7 +553,7 @@ def available_tasks(config_dir: Path | None = None) -> list[str]:
     names = set()
     for d in task_search_path(config_dir):
         if d.is_dir():
-            names.update(p.stem for p in d.glob("*.yaml") if d.name == "tasks" or _is_task_file(p))
+            names.update(p.stem for p in d.glob("*.yaml") if p.is_file() and (d.name == "tasks" or _is_task_file(p)))
     return sorted(names)
 
 
@@ -422,9 +561,15 @@ def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give the path of a YAML file")
     if not path.is_file():
+        if path.exists():  # a FIFO, socket or device: reading it could block forever
+            raise UserError(
+                f"{what} {path} is not a regular file (a named pipe, socket or device); give the path of a YAML file"
+            )
         raise UserError(f"{what} not found: {path}; check the path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path} ({exc.strerror or exc}); check its permissions") from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
@@ -578,20 +723,49 @@ def validation_lines(exc: ValidationError, root: type[BaseModel] = BaseModel) ->
         if err["type"] == "missing":
             msg = "missing; this key is required"
         given = err.get("input")
-        shown = "" if isinstance(given, (dict, list)) or err["type"] == "missing" else f" (got {given!r})"
+        shown = "" if isinstance(given, (dict, list)) or err["type"] == "missing" else f" (got {redact(repr(given))})"
         hint = _HINTS.get((str(loc_parts[-1]) if loc_parts else "", err["type"]))
         lines.append(f"  - {loc}: {msg}{shown}" + (f"; {hint}" if hint else ""))
     return lines
 
 
-def format_problems(lines: list[str], source: str) -> str:
+def mark_overrides(lines: list[str], overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Point each problem that a `--set KEY=VALUE` flag caused at that flag, not at the YAML file.
+    Returns the lines and the flags that caused problems."""
+    keys = [(item.partition("=")[0].strip(), item) for item in overrides]
+    out, used = [], []
+    for line in lines:
+        loc = line.removeprefix("  - ").split(":", 1)[0]
+        hits = [item for key, item in keys if key and (loc == key or loc.startswith(key + "."))]
+        if hits:
+            line = line.replace(f"  - {loc}:", f"  - {loc} (from --set {shown_flag(hits[-1])}):", 1)
+            used += [h for h in hits[-1:] if h not in used]
+        out.append(line)
+    return out, used
+
+
+def shown_flag(item: str) -> str:
+    """A --set item as a message shows it: secrets masked, on one line."""
+    text = redact(item)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def format_problems(lines: list[str], source: str, overrides: list[str] | None = None) -> str:
+    """The one message for a config's problems. With `overrides` (the --set items), problems
+    they caused name the flag, and so does the heading when they caused them all."""
     count = len(lines)
+    if overrides:
+        lines, used = mark_overrides(lines, overrides)
+        if used and all("(from --set " in line for line in lines):
+            source = f"--set {', '.join(shown_flag(u) for u in used)} (on {source})"
     head = f"{source}: {count} problem{'s' if count != 1 else ''} in the configuration:"
     return "\n".join([head, *lines])
 
 
-def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel] = BaseModel) -> str:
-    return format_problems(validation_lines(exc, root), source)
+def format_validation_error(
+    exc: ValidationError, source: str, root: type[BaseModel] = BaseModel, overrides: list[str] | None = None
+) -> str:
+    return format_problems(validation_lines(exc, root), source, overrides)
 
 
 def _has_cross_problems(exc: ValidationError, loc: tuple) -> bool:
@@ -605,9 +779,9 @@ def _has_cross_problems(exc: ValidationError, loc: tuple) -> bool:
 
 
 def load_generate_config(path: str | Path | None, overrides: list[str] | None = None) -> GenerateConfig:
-    """Load a generation config from YAML (None: the embedded smoke default) and apply overrides.
+    """Load a generation config from YAML (None: the embedded default) and apply overrides.
     Raises UserError listing every problem found."""
-    cfg_path = Path(path) if path is not None else configs_root() / "experiments" / "smoke.yaml"
+    cfg_path = Path(path) if path is not None else configs_root() / "experiments" / "default.yaml"
     data = read_yaml(cfg_path)
     parsed = [(parse_override(item), item) for item in overrides or []]
     for (keys, value), _ in parsed:
@@ -638,7 +812,7 @@ def load_generate_config(path: str | Path | None, overrides: list[str] | None = 
         if not _has_cross_problems(exc, ()):
             lines += [f"  - {key}: {msg}" for key, msg in runnable_problems(data)]
         source = str(cfg_path) if path is not None else f"{cfg_path} (the embedded default)"
-        raise UserError(format_problems(lines, source)) from None
+        raise UserError(format_problems(lines, source, overrides)) from None
 
 
 def load_task(path_or_name: str) -> TaskConfig:

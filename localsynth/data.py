@@ -44,6 +44,8 @@ def read_table(path: Path, key: str, fmt: str | None = None, header: bool = True
     if kind is None:
         raise UserError(f"{key}: unsupported file type '{path.suffix}' ({path}); use CSV, TSV, JSONL or Parquet")
     if not path.is_file():
+        if path.exists():  # a folder, FIFO or device: reading it could block or fail oddly
+            raise UserError(f"{key}: {path} is not a regular file; give the path of a data file")
         raise UserError(f"{key}: file not found: {path}; check the path")
     if path.stat().st_size == 0:
         raise UserError(f"{key}: {path} is empty; point it at a file with a header and rows")
@@ -72,6 +74,13 @@ def read_table(path: Path, key: str, fmt: str | None = None, header: bool = True
         return pl.read_parquet(source)
     except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError, EOFError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        bad_line = _bad_json_line(source, path) if kind in ("jsonl", "json") else None
+        if bad_line is not None:
+            number, problem = bad_line
+            raise UserError(
+                f"{key}: cannot read {path}: line {number} is not valid JSON ({problem}); fix line {number}"
+                + (" (in a JSONL file each line is one JSON object)" if kind == "jsonl" else "")
+            ) from None
         if "utf" in detail.lower() or isinstance(exc, UnicodeDecodeError):
             hint = "it is not UTF-8 text; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         elif "empty" in detail.lower():
@@ -79,6 +88,32 @@ def read_table(path: Path, key: str, fmt: str | None = None, header: bool = True
         else:
             hint = f"check that it is a valid {kind.upper()} file"
         raise UserError(f"{key}: cannot read {path}: {detail}; {hint}") from None
+
+
+def _bad_json_line(source: Any, path: Path) -> tuple[int, str] | None:
+    """The first line of a JSON-lines file that does not parse, with the parser's reason
+    (Polars reports only a character offset within a chunk, often 0)."""
+    try:
+        data = source.getvalue() if isinstance(source, io.BytesIO) else path.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if text.lstrip().startswith("["):  # one JSON document (an array of rows), not JSON lines
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            return getattr(exc, "lineno", 1), f"{getattr(exc, 'msg', exc)} at column {getattr(exc, 'colno', '?')}"
+        return None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            return number, f"{getattr(exc, 'msg', exc)} at column {getattr(exc, 'colno', '?')}"
+        if not isinstance(value, dict):
+            return number, f"a JSON {type(value).__name__}, not an object"
+    return None
 
 
 def parquet_class_names(path: Path) -> dict[str, list[str]]:

@@ -69,7 +69,11 @@ def parse_label_map(items: list[str]) -> dict[str, str]:
         for piece in pieces:
             old, sep, new = (s.strip() for s in piece.partition("="))
             if not sep or not old or not new:
-                raise UserError(f"--label-map expects OLD=NEW (for example --label-map 0=negative); got '{item}'")
+                empty = " (an empty label cell has no name to map: rows without a label are dropped, or kept " \
+                    "as they are with --keep-empty)" if sep and not old else ""
+                raise UserError(
+                    f"--label-map expects OLD=NEW (for example --label-map 0=negative); got '{item}'{empty}"
+                )
             if mapping.get(old, new) != new:
                 raise UserError(f"--label-map maps '{old}' twice ({mapping[old]}, {new}); keep one of them")
             mapping[old] = new
@@ -365,12 +369,20 @@ def stratified_split(df: pl.DataFrame, test_size: float, seed: int, where: str) 
     y = df["label"].fill_null(MISSING).to_list()
     counts = Counter(y)
     few = sorted((x for x, n in counts.items() if n < 2), key=str)
+    if few == [MISSING]:  # --keep-empty kept one row without a label: --label-map cannot name it
+        raise UserError(
+            f"{where} has no test split, and only {counts[MISSING]} row has no label: too few to stratify a "
+            f"train/test split (at least 2 of each label); leave out --keep-empty to drop unlabelled rows, fill "
+            f"in its label in the source, or give a test set with --test FILE"
+        )
     if few:
-        shown = ", ".join(f"'{x}' ({counts[x]} row)" if x != MISSING else f"no label ({counts[x]} row)" for x in few)
+        shown = ", ".join(f"'{x}' ({counts[x]} row)" for x in few if x != MISSING)
+        unlabelled = "; leave out --keep-empty to drop the row without a label" if MISSING in few else ""
         raise UserError(
             f"{where} has no test split, and label(s) {shown} have too few rows to stratify a train/test "
-            f"split (at least 2 each); merge them into another label with --label-map OLD=NEW, remove them "
-            f"from the source, or give a test set with --test FILE"
+            f"split (at least 2 each); merge them into another label with --label-map OLD=NEW (e.g. "
+            f"--label-map '{next(x for x in few if x != MISSING)}=OTHER'), remove them from the source, or give "
+            f"a test set with --test FILE{unlabelled}"
         )
     n_test = math.ceil(test_size * len(y))
     if min(n_test, len(y) - n_test) < len(counts):
@@ -461,6 +473,7 @@ def import_data(opts: ImportOptions) -> tuple[pl.DataFrame, pl.DataFrame, dict[s
             warnings.append(f"--test-size {opts.test_size} not used: the source has a test split")
 
     out = {"train": _stats(train, opts.labels), "test": _stats(test, opts.labels)}
+    check_label_sets(out, parts, opts)
     overlap = _overlap(train, test)
     for name, stats in out.items():
         absent = [x for x in opts.labels or [] if x not in stats["labels"]]
@@ -475,6 +488,16 @@ def import_data(opts: ImportOptions) -> tuple[pl.DataFrame, pl.DataFrame, dict[s
         warnings.append(f"--label-map key(s) {', '.join(unused)} match no label in the data")
     if unknown:
         warnings.append(f"kept labels outside the task: {', '.join(unknown)}")
+    unlabelled = {name: stats["missing_labels"] for name, stats in out.items() if stats["missing_labels"]}
+    if unlabelled:
+        shown = ", ".join(f"{n:,} in {name}" for name, n in unlabelled.items())
+        warnings.append(f"kept rows without a label ({shown}) as --keep-empty asked; training cannot use them")
+    only = {name: sorted(set(out[name]["labels"]) - set(out[other]["labels"]))
+            for name, other in (("train", "test"), ("test", "train"))}
+    if test_part is not None and not opts.labels and any(only.values()):
+        warnings.append(
+            "train and test label sets differ: " + "; ".join(f"only in {name}: {', '.join(v)}" for name, v in only.items() if v)
+        )
     report = {
         "source": opts.source,
         "test_source": opts.test,
@@ -504,6 +527,25 @@ def import_data(opts: ImportOptions) -> tuple[pl.DataFrame, pl.DataFrame, dict[s
         "files": {"train": "train.parquet", "test": "test.parquet"},
     }
     return train, test, report
+
+
+def _shown(labels: set[str]) -> str:
+    return ", ".join(sorted(labels)[:10]) + (" ..." if len(labels) > 10 else "")
+
+
+def check_label_sets(splits: dict[str, dict[str, Any]], parts: dict[str, Part], opts: ImportOptions) -> None:
+    """Train and test labels with nothing in common: a model trained on one cannot score a
+    single test row (most often the two files name their classes differently: 0/1, ham/spam)."""
+    train, test = (set(splits[s]["labels"]) for s in ("train", "test"))
+    if not train or not test or train & test:
+        return
+    where = {s: parts[s].where if s in parts else "the source" for s in ("train", "test")}
+    raise UserError(
+        f"the train labels ({_shown(train)}; {where['train']}) and the test labels ({_shown(test)}; "
+        f"{where['test']}) have none in common, so no test row could be scored; rename one side's labels "
+        f"with --label-map OLD=NEW (e.g. --label-map '{sorted(test)[0]}={sorted(train)[0]}'), or name the "
+        f"right column with --label-column"
+    )
 
 
 def write_import(out: Path, train: pl.DataFrame, test: pl.DataFrame, report: dict[str, Any]) -> None:

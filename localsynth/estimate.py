@@ -39,7 +39,10 @@ def estimate(cfg: GenerateConfig, shard: Shard) -> dict[str, Any]:
         "example_messages": first[0].request.messages if first else [],
     }
     price = cfg.generator.pricing
-    if price.input_per_million is not None or price.output_per_million is not None:
+    if cfg.generator.backend != "openai":
+        out["estimated_cost_usd"] = None  # a local engine: compute time, not per-token prices
+        out["cost_note"] = f"no API cost: the {cfg.generator.backend} backend runs the model on this machine"
+    elif price.input_per_million is not None or price.output_per_million is not None:
         out["estimated_cost_usd"] = round(
             out["estimated_prompt_tokens"] / 1e6 * (price.input_per_million or 0)
             + out["estimated_completion_tokens"] / 1e6 * (price.output_per_million or 0),

@@ -18,6 +18,7 @@ that is done; a stage whose settings changed since it ran is an error, never sil
 from __future__ import annotations
 
 import gc
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +30,10 @@ from pydantic import ValidationError
 from localsynth.config import GenerateConfig, format_validation_error, load_task
 from localsynth.errors import UserError
 from localsynth.expdata import prepare_task_data
-from localsynth.experimentconfig import ExperimentConfig, resolve_model_path
+from localsynth.experimentconfig import ExperimentConfig
 from localsynth.io import update_json, update_text
 from localsynth.progress import log
+from localsynth.trainconfig import resolve_model_path
 
 
 @dataclass
@@ -207,18 +209,70 @@ def run_generation(plan: Plan, only: list[str] | None = None) -> None:
     from localsynth.generate import run_generate
     from localsynth.rundir import Shard
 
-    for run in plan.generate:
-        if only is not None and run.id not in only:
-            continue
-        if run_is_done(run):
-            log(f"generation {run.id}: done, skipped")
-            continue
-        cfg = load_generate_config(run.config)
-        for index in range(run.shards):
-            shard = Shard(index, run.shards)
-            log(f"generation {run.id}: shard {shard}")
-            run_generate(cfg, shard, Path(run.run_dir))
+    engines: dict[str, ReusedBackend] = {}
+    try:
+        for run in plan.generate:
+            if only is not None and run.id not in only:
+                continue
+            if run_is_done(run):
+                log(f"generation {run.id}: done, skipped")
+                continue
+            cfg = load_generate_config(run.config)
+            engine = engines.get(key := engine_key(cfg.generator))
+            if engine is None:
+                from localsynth.backends import make_backend
+
+                engine = engines[key] = ReusedBackend(make_backend(cfg.generator))
+            for index in range(run.shards):
+                shard = Shard(index, run.shards)
+                log(f"generation {run.id}: shard {shard}")
+                run_generate(cfg, shard, Path(run.run_dir), backend=engine)
+    finally:
+        for engine in engines.values():
+            engine.shutdown()
         _free_memory()
+
+
+def engine_key(generator: Any) -> str:
+    """Runs whose generators differ only in sampling or pricing can share one loaded engine."""
+    return json.dumps(generator.model_dump(mode="json", exclude={"sampling", "pricing"}), sort_keys=True)
+
+
+class ReusedBackend:
+    """One loaded engine for every generation run of a study with the same generator settings:
+    starting the vLLM engine costs about a minute on a CPU, once per run otherwise. `close`
+    (called by each run) keeps it; `shutdown` frees it."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.loaded = inner, False
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def gpus(self) -> int:
+        return getattr(self.inner, "gpus", 0)
+
+    def load(self) -> None:
+        if not self.loaded:
+            self.inner.load()
+            self.loaded = True
+
+    def generate(self, requests, sampling):
+        return self.inner.generate(requests, sampling)
+
+    def close(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        if self.loaded:
+            self.inner.close()
+            self.loaded = False
 
 
 def run_cell(plan: Plan, cell: Cell, cfg: ExperimentConfig) -> None:

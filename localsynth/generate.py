@@ -96,6 +96,7 @@ class ShardGenerator:
         self.dedup = F.DedupIndex(cfg.filters.near_duplicate_jaccard)
         self.rounds = 0
         self.system = SystemMessages(cfg.task)
+        self._shingles: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
     # ---------------------------------------------------------------- planning
 
@@ -118,7 +119,7 @@ class ShardGenerator:
     def plan(self, conv: Conversation) -> Planned:
         task, turn = self.cfg.task, conv.turns_done
         seed = derive_seed(self.cfg.seed, task.name, conv.label, conv.index, turn)
-        style = sample_style(task, seed)
+        style = sample_style(task, seed, conv.label)
         examples: list[Example] = []
         if self.pool is not None:
             fs = task.few_shot
@@ -128,6 +129,19 @@ class ShardGenerator:
         user = user_turn(task, conv.label, style, turn, examples, with_labels=self.pool is not None and not task.few_shot.same_label)
         request = ChatRequest(f"{task.name}/{conv.label}/c{conv.index}/t{turn}", [*conv.messages, user], seed)
         return Planned(conv, request, turn, style, examples)
+
+    def prompt_shingles(self, p: Planned) -> set[tuple[str, ...]]:
+        """Word n-grams of a request's own instructions (system and last user message, few-shot
+        examples excluded: copying those is `copies_example`), cached per prompt."""
+        system, user = p.request.messages[0]["content"], p.request.messages[-1]["content"]
+        for example in p.examples:
+            user = user.replace(example.text.strip(), " ")
+        key = (system, user)
+        found = self._shingles.get(key)
+        if found is None:
+            normalized = pl.select(F.normalize_expr(pl.lit(f"{system}\n{user}"))).item()
+            found = self._shingles[key] = F.shingles(normalized)
+        return found
 
     def next_round(self) -> list[Planned]:
         self.open_conversations()
@@ -141,7 +155,12 @@ class ShardGenerator:
         raw = pl.Series("raw", [c.text for c in completions], dtype=pl.Utf8)
         cleaned = F.clean(raw)
         finish = [c.finish_reason for c in completions]
-        reasons = F.stateless_reasons(cleaned.with_columns(finish_reason=pl.Series(finish, dtype=pl.Utf8)), cfg.filters, cfg.max_words)
+        finish_col = pl.Series("finish_reason", finish, dtype=pl.Utf8)
+        cut = F.cut_long_outputs(cleaned.with_columns(finish_col), cfg.filters, cfg.max_words)
+        cleaned = cleaned.with_columns(cut["text"])
+        # a text cut at a sentence end is complete: the truncated check applies to the rest
+        effective = pl.when(cut["cut_at_sentence"]).then(pl.lit("stop")).otherwise(finish_col)
+        reasons = F.stateless_reasons(cleaned.with_columns(finish_reason=effective), cfg.filters, cfg.max_words)
         normalized = cleaned.select(F.normalize_expr(pl.col("text")).alias("n"))["n"]
         keys = F.band_keys(normalized).tolist() if cfg.filters.near_duplicate_jaccard else [()] * n
         example_norms = None
@@ -150,6 +169,7 @@ class ShardGenerator:
             example_norms = lists.list.eval(F.normalize_expr(pl.element())).to_list()
 
         parse_errors = cleaned["parse_error"].to_list()
+        texts = cleaned["text"].to_list()
         reasons_list, norm_list = reasons.to_list(), normalized.to_list()
         kept_flags, filter_reasons = [False] * n, [None] * n
         for i, (p, c) in enumerate(zip(planned, completions, strict=True)):
@@ -158,15 +178,20 @@ class ShardGenerator:
                 parse_errors[i] = f"request_failed: {c.error}"
                 conv.open = False  # no reply to build the next turn on
                 continue
-            conv.messages = [*p.request.messages, {"role": "assistant", "content": c.text or ""}]
+            # The history holds the cleaned (and cut) text, not the raw output: a rambling
+            # reply would otherwise grow every later prompt of the conversation by its length.
+            history = texts[i] if texts[i] is not None else ""
+            conv.messages = [*p.request.messages, {"role": "assistant", "content": history}]
             conv.turns_done += 1
-            if conv.turns_done >= self.turns:
+            if conv.turns_done >= self.turns or not history:
                 conv.open = False
             if parse_errors[i] is not None:
                 continue
             reason = reasons_list[i]
             if reason is None and example_norms is not None and F.copies_example(norm_list[i], example_norms[i], cfg.filters.copy_jaccard):
                 reason = "copies_example"
+            if reason is None and cfg.filters.drop_prompt_echoes and F.echoes_prompt(norm_list[i], self.prompt_shingles(p)):
+                reason = "echoes_prompt"
             if reason is None and (cfg.filters.dedup or cfg.filters.near_duplicate_jaccard):
                 reason = self.dedup.check(norm_list[i], keys[i], cfg.filters.dedup)
             if reason is None and self.kept[p.conversation.label] >= self.targets[p.conversation.label]:
@@ -185,6 +210,7 @@ class ShardGenerator:
             "task": [cfg.task.name] * n,
             "label": [p.conversation.label for p in planned],
             "text": cleaned["text"],
+            "cut_at_sentence": cut["cut_at_sentence"],
             "kept": kept_flags,
             "parse_error": parse_errors,
             "filter_reason": filter_reasons,
@@ -264,7 +290,8 @@ def summarize(df: pl.DataFrame, gen: ShardGenerator, seconds: float, from_log: i
         "samples_per_s": round((df.height - from_log) / seconds, 2) if seconds > 0 else None,
     }
     price = cfg.generator.pricing
-    if price.input_per_million is not None or price.output_per_million is not None:
+    priced = price.input_per_million is not None or price.output_per_million is not None
+    if priced and cfg.generator.backend == "openai":  # local engines cost compute time, not token prices
         stats["cost_usd"] = round(
             prompt / 1e6 * (price.input_per_million or 0) + completion / 1e6 * (price.output_per_million or 0), 6
         )
@@ -362,6 +389,15 @@ def run_generate(
         raise ShardIncomplete(
             f"shard {shard}: {failed} requests failed and the quota is short by {stats['shortfall_per_label']}; the finished requests are saved in "
             f"{paths.log_dir}: rerun the same command to retry the failed ones"
+        )
+    empty = [label for label in cfg.labels if gen.targets[label] and not gen.kept[label]]
+    if empty:
+        # Nothing to train on for a label: never complete-looking, whatever the cause.
+        write_json_atomic(paths.stats, stats)
+        raise ShardIncomplete(
+            f"shard {shard}: no text was kept for {', '.join(empty)} after {cfg.quota.max_topup_rounds} top-up "
+            f"rounds (dropped: {stats['dropped']}); read the raw outputs in {paths.log_dir}, then loosen the "
+            f"filters, fix the prompts or use a stronger generator.model, and rerun"
         )
     write_parquet_atomic(rows, paths.rows)
     write_json_atomic(paths.stats, stats)

@@ -9,6 +9,49 @@ from typing import Any
 
 import polars as pl
 
+from localsynth.errors import UserError
+
+
+def output_dir(path: Path, key: str) -> Path:
+    """Make sure `path` is a folder this process can write (creating it), or raise a UserError
+    naming `key` (the flag or config key that set it) and the fix. Checked before any work, so
+    that a wrong output folder is bad input (exit 2), not a crash after the work is done."""
+    path = Path(path)
+    for parent in (path, *path.parents):  # the nearest existing ancestor must be a folder
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                what = "is a file" if parent == path else f"is inside {parent}, which is a file"
+                raise UserError(f"{key} {path} {what}; give a folder: remove the file or choose another {key}")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(
+            f"{key} {path}: cannot write there ({reason}); choose another {key} or make it writable "
+            f"(chmod u+w)"
+        ) from None
+    return path
+
+
+def os_error_message(exc: OSError, key: str) -> str | None:
+    """A user error's message for an OSError that means a path is unusable as given (a file where
+    a folder belongs, no permission, a read-only file system), or None for runtime failures
+    (a full disk, a lost mount), which stay exit 1."""
+    import errno
+
+    if exc.errno not in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    where = exc.filename or "a path"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        fix = f"a file stands where a folder belongs (or the reverse); remove it or choose another {key}"
+    else:
+        fix = f"choose a writable {key}, or fix the permissions of {where}"
+    return f"cannot use {where} ({exc.strerror or type(exc).__name__}): {fix}"
+
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

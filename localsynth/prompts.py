@@ -35,11 +35,13 @@ class Example:
     label: str
 
 
-def sample_style(task: TaskConfig, seed: int) -> dict[str, str]:
-    """One value per style attribute, drawn with SplitMix64 from the request seed: the same
-    draw everywhere, and ~10x cheaper than seeding a `random.Random` for two choices."""
+def sample_style(task: TaskConfig, seed: int, label: str) -> dict[str, str]:
+    """One value per style attribute (from the label's own values where the attribute is given
+    per label), drawn with SplitMix64 from the request seed: the same draw everywhere, and ~10x
+    cheaper than seeding a `random.Random` for two choices."""
     style, state = {}, seed
-    for name, values in task.styles.items():
+    for name, choices in task.styles.items():
+        values = choices[label] if isinstance(choices, dict) else choices
         state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
         z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF

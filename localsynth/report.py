@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from localsynth import verdicts
 from localsynth.errors import UserError
 from localsynth.experiment import Plan, cell_is_done, size_tag
 from localsynth.experimentconfig import ExperimentConfig
@@ -74,11 +75,13 @@ def table1_markdown(table: pl.DataFrame) -> str:
         lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
         for (task,), rows in part.group_by("task", maintain_order=True):
             by = {f"{r['model']} · {r['condition']}": r for r in rows.iter_rows(named=True)}
-            cells = [f"{_pm(r['macro_f1_mean'], r['macro_f1_sd'])} ({_pm(r['accuracy_mean'], r['accuracy_sd'])})"
-                     if (r := by.get(col)) else "" for col in columns]
+            cells = [f"{_pm(r['macro_f1_mean'], r['macro_f1_sd'])} ({_pm(r['accuracy_mean'], r['accuracy_sd'])}) "
+                     f"n={r['train_rows']}" if (r := by.get(col)) else "" for col in columns]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
-        title = "all training rows" if size == "all" else f"{size.removeprefix('n')} training rows per label and source"
-        blocks.append(f"Macro-F1 (accuracy), mean ± sd over seeds; {title}:\n\n" + "\n".join(lines) + "\n")
+        title = "all training rows" if size == "all" else f"up to {size.removeprefix('n')} training rows per label and source"
+        blocks.append(f"Macro-F1 (accuracy), mean ± sd over seeds; {title} (n: the rows each cell really "
+                      f"trained on, mean over seeds; a synthetic set short of its quota shows here):\n\n"
+                      + "\n".join(lines) + "\n")
     return "\n".join(blocks)
 
 
@@ -151,12 +154,13 @@ def diversity(plan: Plan, cfg: ExperimentConfig) -> pl.DataFrame | None:
 # ----------------------------------------------------------------------------- subjectivity
 
 
-def instance_curves(plan: Plan, cfg: ExperimentConfig, target: Path) -> list[str]:
+def instance_curves(plan: Plan, cfg: ExperimentConfig, target: Path) -> dict[str, pl.DataFrame]:
     """Accuracy against agreement for each task with agreement data; one curve per condition
-    and model (predictions pooled over seeds). Returns the PNG names written."""
+    and model (predictions pooled over seeds). Returns the table of each task (its PNG is
+    `<task>-instance_agreement.png`)."""
     from localsynth import subjectivity as sj
 
-    written = []
+    written = {}
     for task, data in plan.data.items():
         test_has_column = "agreement" in pl.read_parquet_schema(data["test"])
         if "agreement" not in data and not test_has_column:
@@ -178,7 +182,7 @@ def instance_curves(plan: Plan, cfg: ExperimentConfig, target: Path) -> list[str
         update_text(target / f"{stem}.csv", table.write_csv())
         update_text(target / f"{stem}.md", markdown_table(table))
         update_bytes(target / f"{stem}.png", sj.plot_curves(table))
-        written.append(f"{stem}.png")
+        written[task] = table
     return written
 
 
@@ -277,6 +281,18 @@ def cost_markdown(c: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the report
 
 
+def findings(plan: Plan, cfg: ExperimentConfig, cells: pl.DataFrame, div: pl.DataFrame | None,
+             curves: dict[str, pl.DataFrame]) -> list[verdicts.Verdict]:
+    """The paper's four findings as verdicts on this study's numbers (localsynth/verdicts.py)."""
+    ranks = {task: data["subjectivity_rank"] for task, data in plan.data.items()}
+    return [
+        verdicts.f1_order(cells),
+        verdicts.gap_vs_subjectivity(cells, ranks, cfg.analysis.gap_condition),
+        verdicts.diversity_order(div),
+        verdicts.agreement_rise(curves),
+    ]
+
+
 def check_complete(plan: Plan) -> None:
     missing = [c.id for c in plan.cells if not cell_is_done(c)]
     if missing:
@@ -309,10 +325,10 @@ def write_report(plan: Plan, cfg: ExperimentConfig) -> Path:
                      "Remote-Clique: mean distance to the other texts; Chamfer: mean distance to the nearest other "
                      "text (higher = more diverse); similarity to real: for each real text, the mean cosine of its 5 "
                      f"most similar texts of the set. Sets sampled to {div['n'][0]} texts.\n", markdown_table(div)]
-    pngs = instance_curves(plan, cfg, target / "subjectivity")
-    if pngs:
+    curves = instance_curves(plan, cfg, target / "subjectivity")
+    if curves:
         sections.append("## Accuracy against instance agreement\n")
-        sections += [f"![{p}](subjectivity/{p})\n" for p in pngs]
+        sections += [f"![{t}](subjectivity/{t}-instance_agreement.png)\n" for t in curves]
     summary = task_level(plan, cfg, table, target / "subjectivity")
     if summary is not None:
         sections += ["## Task subjectivity and the real-synthetic gap\n",
@@ -326,5 +342,8 @@ def write_report(plan: Plan, cfg: ExperimentConfig) -> Path:
     update_json(target / "cost.json", spent)
     update_text(target / "cost.md", cost_markdown(spent))
     sections += ["## Cost\n", cost_markdown(spent)]
+    found = findings(plan, cfg, cells, div, curves)
+    update_json(target / "verdicts.json", [v.to_json() for v in found])
+    sections[1:1] = ["## The paper's findings, checked on this study\n", verdicts.markdown(found)]
     update_text(target / "report.md", "\n".join(sections))
     return target / "report.md"

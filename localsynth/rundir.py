@@ -23,9 +23,15 @@ import yaml
 
 from localsynth.backends.base import Completion
 from localsynth.errors import UserError
-from localsynth.io import write_json_atomic, write_parquet_atomic, write_text_atomic
+from localsynth.io import (
+    os_error_message,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 from localsynth.runinfo import environment
 from localsynth.schema import COMPLETION_SCHEMA
+from localsynth.secrets import redact_data
 
 # Settings that change how a run reports, not what it produces: free to differ on resume.
 VOLATILE_KEYS = ("progress", "log_every_s", "flush_every_s", "run_dir")
@@ -90,11 +96,12 @@ def has_output(run_dir: Path) -> bool:
 
 def check_config(paths: ShardPaths, config: dict[str, Any]) -> None:
     """Refuse to mix configurations in one run directory once it holds output: resumed
-    requests would be attached to different prompts."""
+    requests would be attached to different prompts. config.yaml holds the config with its
+    secrets masked, so the new one is compared masked too."""
     if not paths.config.is_file() or not has_output(paths.run_dir):
         return
     existing = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
-    old, new = _flatten(comparable(existing)), _flatten(comparable(config))
+    old, new = _flatten(comparable(existing)), _flatten(comparable(redact_data(config)))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         raise UserError(
@@ -109,9 +116,15 @@ def prepare(paths: ShardPaths, config: dict[str, Any]) -> None:
     environment, before any work. A directory with no output yet takes the new config, so a
     first attempt that failed on bad input does not lock it."""
     check_config(paths, config)
-    if not paths.config.is_file() or not has_output(paths.run_dir):
-        write_text_atomic(paths.config, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-    write_json_atomic(paths.environment, environment())
+    try:
+        if not paths.config.is_file() or not has_output(paths.run_dir):
+            write_text_atomic(paths.config, yaml.safe_dump(redact_data(config), sort_keys=False, allow_unicode=True))
+        write_json_atomic(paths.environment, environment())
+    except OSError as exc:
+        message = os_error_message(exc, "run_dir (--run-dir)")
+        if message is None:
+            raise
+        raise UserError(message) from None
 
 
 class CompletionLog:

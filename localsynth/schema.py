@@ -26,6 +26,7 @@ ROW_SCHEMA = {
     "task": pl.Utf8,
     "label": pl.Utf8,
     "text": pl.Utf8,
+    "cut_at_sentence": pl.Boolean,
     "kept": pl.Boolean,
     "parse_error": pl.Utf8,
     "filter_reason": pl.Utf8,

@@ -16,10 +16,38 @@ from pathlib import Path
 from localsynth.config import GenerateConfig
 from localsynth.errors import UserError
 from localsynth.rundir import Shard, ShardPaths
-from localsynth.slurmconfig import JobSettings, SlurmSettings
+from localsynth.slurmconfig import CONTROL, JobSettings, SlurmSettings
 
 TEMPLATES = ("generate-array", "generate-client-array", "vllm-server", "train", "report")
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+# Placeholders that hold several lines on purpose; every other value must be one line, or its
+# second line would run as a shell command (a newline in a path in a comment line, say).
+MULTILINE = ("sbatch", "setup", "preemption", "distributed")
+# Placeholders that also appear inside a double-quoted `echo "..."`, where $(...), `...`, " and \
+# would still be read by the shell.
+IN_DOUBLE_QUOTES = ("what", "run_name", "name", "model")
+
+
+def one_line(value: str, key: str, header: bool = False, quoted: bool = False) -> str:
+    """`value` unchanged, or a UserError naming `key`: a line break or control character would
+    turn the rest of the value into a line of its own in the script. In an #SBATCH line
+    (`header`), whitespace and quotes would split or garble the option; inside double quotes
+    (`quoted`), $, backquote, " and backslash would run or break something."""
+    if CONTROL.search(value):
+        why = "a line break or control character: the rest would become a line of its own in the batch script"
+    elif header and re.search(r"[\s'\"]", value):
+        why = "a space or quote, which an #SBATCH line cannot hold (sbatch would split the option there)"
+    elif quoted and re.search(r"[$`\"\\]", value):
+        why = "one of $ ` \" \\, which the shell would expand where the batch script prints it"
+    else:
+        return value
+    raise UserError(f"{key} {value!r} holds {why}; use a path or name without it")
+
+
+def check_script_paths(slurm_dir: Path, chdir: Path) -> None:
+    """The paths every job's #SBATCH header holds, checked before anything is written."""
+    one_line(str(chdir), "the folder jobs start in (the current folder)", header=True)
+    one_line(str(slurm_dir / "logs"), "the log folder (under run_dir or out_dir)", header=True, quoted=True)
 
 
 @dataclass
@@ -60,6 +88,9 @@ def fill(template: str, values: dict[str, str], name: str) -> str:
 
 
 def render(template: str, values: dict[str, str]) -> str:
+    for key, value in values.items():  # the last guard: the callers check each setting by name
+        if key not in MULTILINE:
+            one_line(value, f"the value of {{{{{key}}}}} in the {template} script", quoted=key in IN_DOUBLE_QUOTES)
     path = templates_root() / f"{template}.sbatch.tmpl"
     text = fill(path.read_text(encoding="utf-8"), values, path.name)
     return re.sub(r"\n{3,}", "\n\n", text)  # empty optional blocks leave no gaps
@@ -70,7 +101,8 @@ def sbatch_lines(
 ) -> str:
     """The #SBATCH header. No GPU line at all when the job asks for 0 GPUs: a node without
     GPUs rejects even --gres=gpu:0."""
-    lines = [f"--job-name={name}", f"--chdir={chdir}"]
+    check_script_paths(log_dir.parent, chdir)
+    lines = [f"--job-name={one_line(name, 'the job name', header=True)}", f"--chdir={chdir}"]
     lines.append(f"--output={log_dir}/%x-{'%A_%a' if tasks is not None else '%j'}.out")
     lines.append("--open-mode=append")  # a requeued attempt appends to the same log
     if tasks is not None:
@@ -150,7 +182,13 @@ def check_generation(run: GenRun, job: JobSettings, key: str) -> None:
 
 def generation_jobs(run: GenRun, settings: SlurmSettings, slurm_dir: Path, chdir: Path) -> list[Job]:
     """One engine per array task, or (slurm.vllm_server) a server job and a client array."""
+    if run.shards < 1:
+        raise UserError(f"--shards must be at least 1 (array tasks of the run {run.id}); got {run.shards}")
     log_dir, tasks, q = slurm_dir / "logs", list(range(run.shards)), shlex.quote
+    one_line(str(run.run_dir), "run_dir")
+    one_line(str(run.config), "the config path")
+    if run.cfg.generator.model:
+        one_line(run.cfg.generator.model, "generator.model", quoted=True)
     base = {"run_name": run.id, "run_dir": q(str(run.run_dir)), "shards": str(run.shards)}
     if not settings.vllm_server:
         job = settings.job("generate")
@@ -173,8 +211,8 @@ def generation_jobs(run: GenRun, settings: SlurmSettings, slurm_dir: Path, chdir
     url_file = slurm_dir / f"server-{run.slug}.url"
     client_name, server_name = f"ls-client-{run.slug}", f"ls-server-{run.slug}"
     v = run.cfg.generator.vllm
-    vllm_args = [f"--tensor-parallel-size {v.tensor_parallel_size}", f"--gpu-memory-utilization {v.gpu_memory_utilization}",
-                 f"--dtype {v.dtype}"]
+    vllm_args = [f"--tensor-parallel-size {v.tensor_parallel_size}", f"--gpu-memory-utilization {v.gpu_memory_utilization or 0.9}",
+                 f"--dtype {q(one_line(v.dtype, 'generator.vllm.dtype'))}"]
     if v.max_model_len:
         vllm_args.append(f"--max-model-len {v.max_model_len}")
     vllm_args.append("--enable-prefix-caching" if v.enable_prefix_caching else "--no-enable-prefix-caching")
@@ -248,7 +286,9 @@ def train_job(
 
 def stage_train_jobs(config: Path, out_dir: Path, settings: SlurmSettings, slurm_dir: Path, chdir: Path) -> list[Job]:
     args = f"train {shlex.quote(str(config))}"
-    return [train_job("train", f"ls-train-{out_dir.name}", f"training into {out_dir}", args,
+    one_line(str(out_dir), "out_dir", quoted=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", out_dir.name).strip("-") or "run"
+    return [train_job("train", f"ls-train-{name}", f"training into {out_dir}", args,
                       f"{settings.command} {args}", None, [out_dir / "train.done"], [], settings, slurm_dir, chdir)]
 
 

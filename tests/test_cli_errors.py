@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, generate_config, run_cli, write_yaml
 
 TASKS = [
@@ -255,3 +256,261 @@ def test_other_config_in_a_finished_run_dir_is_refused(tmp_path, cli_env):
             "generate", str(path), "--mode", "few-shot", "--set", f"task.few_shot.source.path={source}", env=cli_env
         )
     assert_user_error(result, "different configuration", "mode")
+
+
+# ----------------------------------------------------------------------------- in-process runs
+
+
+def run_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`localsynth ARGS` through the real entry point (`localsynth.cli.main`, its error handling
+    included) in this process: for errors found before any heavy work, without a new interpreter."""
+    import contextlib
+    import io
+
+    from localsynth.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(["localsynth", *args], code, out.getvalue(), err.getvalue())
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A folder this process cannot create anything in (root ignores permission bits: /sys)."""
+    import os
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return folder / "out"
+    try:  # root: sysfs refuses new entries to everyone
+        (Path("/sys") / "localsynth-probe").mkdir()
+    except OSError:
+        return Path("/sys") / "localsynth-out"
+    pytest.skip("no unwritable folder on this machine")
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+# ----------------------------------------------------------------------------- impossible settings
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["filters.min_words=10", "filters.max_words=5"], ["filters.min_words=200"]],
+    ids=["min-over-max", "min-over-task-default"],
+)
+def test_impossible_word_filters(tmp_path, overrides):
+    args = [x for item in overrides for x in ("--set", item)]
+    result = run_in_process("generate", str(config_file(tmp_path)), *args)
+    assert_user_error(result, f"--set {overrides[0]}", "filters.min_words", "every text would be dropped",
+                      "lower filters.min_words", run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_huge_quota_is_refused_before_allocating(tmp_path, dry_run):
+    extra = ["--dry-run"] if dry_run else []
+    result = run_in_process("generate", str(config_file(tmp_path)), "--set", "quota.per_label=1000000000000", *extra)
+    assert_user_error(result, "quota.per_label", "1,000,000,000,000", "at most 10,000,000", "several runs",
+                      run_dir=tmp_path / "run")
+    # Within the run bound, one shard still plans all of its rows at once: shard it.
+    result = run_in_process("generate", str(config_file(tmp_path)), "--set", "quota.per_label=5000000", *extra)
+    assert_user_error(result, "quota.per_label 5,000,000", "at most 1,000,000", "--shard INDEX/5", "--shards 5",
+                      run_dir=tmp_path / "run")
+
+
+def test_set_error_names_the_flag(tmp_path):
+    result = run_in_process("generate", str(config_file(tmp_path)), "--set", "quota.per_label=-2")
+    message = assert_user_error(result, "quota.per_label (from --set quota.per_label=-2)")
+    assert message.startswith(f"error: --set quota.per_label=-2 (on {tmp_path / 'gen.yaml'})")
+
+
+# ----------------------------------------------------------------------------- secrets
+
+FAKE_KEY = "sk-localsynthFAKE0123456789abcdefXYZ"
+SECRET_PLACES = {
+    "api_key_env": {"api_key_env": FAKE_KEY},
+    "base_url-userinfo": {"base_url": f"http://user:{FAKE_KEY}@127.0.0.1:9/v1"},
+    "base_url-query": {"base_url": f"http://127.0.0.1:9/v1?api_key={FAKE_KEY}"},
+    "extra_body": {"extra_body": {"auth": FAKE_KEY}},
+    "extra_body-named": {"extra_body": {"metadata": {"api_key": FAKE_KEY}}},
+}
+
+
+def assert_key_nowhere(result: subprocess.CompletedProcess, root: Path, *allowed: Path) -> None:
+    assert FAKE_KEY not in result.stdout + result.stderr, result.stderr
+    for file in files_under(root):
+        if file not in allowed:
+            assert FAKE_KEY.encode() not in file.read_bytes(), file
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+@pytest.mark.parametrize("place", list(SECRET_PLACES))
+def test_key_typed_into_generator_settings_is_refused_and_never_repeated(tmp_path, place, how):
+    settings = SECRET_PLACES[place]
+    generator = {"backend": "openai", "model": "m"}
+    path = config_file(tmp_path, generator={**generator, "openai": settings if how == "file" else {}})
+    args = []
+    if how == "set":
+        import json
+
+        (key, value), = settings.items()
+        args = ["--set", f"generator.openai.{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    for verbose in ([], ["--verbose"]):
+        result = run_in_process("generate", str(path), *args, *verbose)
+        assert result.returncode == 2, result.stderr
+        assert "generator.openai." in result.stderr and "environment variable" in result.stderr
+        assert_key_nowhere(result, tmp_path, path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_key_in_a_usage_error_is_masked(tmp_path):
+    result = run_in_process("generate", str(config_file(tmp_path)), FAKE_KEY)  # a stray extra argument
+    assert result.returncode == 2 and "unexpected extra argument" in result.stderr
+    assert FAKE_KEY not in result.stderr and "***" in result.stderr
+
+
+def test_key_elsewhere_on_the_command_line_is_masked_in_the_run_record(tmp_path, cli_env):
+    """A key that passes validation (here in a free-text field) is masked in config.yaml and in
+    the command line that environment/*.json records."""
+    from test_openai_faults import FaultServer, openai_config
+
+    with FaultServer(lambda n, body: "ok") as server:
+        path = write_yaml(tmp_path / "gen.yaml", {**openai_config(tmp_path, server.base_url), "quota": {"per_label": 2}})
+        result = run_cli("generate", str(path), "--set", f"task.title={FAKE_KEY}", env=cli_env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "run"
+    assert (run_dir / "shards" / "00000-of-00001.done").is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["task"]["title"] == "***"
+    records = [p.read_text() for p in (run_dir / "environment").glob("*.json")]
+    assert records and all("task.title=***" in r for r in records)
+    assert_key_nowhere(result, tmp_path, path)
+
+
+# ----------------------------------------------------------------------------- output folders
+
+
+def test_run_dir_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    result = run_in_process("generate", str(config_file(tmp_path)), "--run-dir", str(tmp_path / "taken"))
+    assert_user_error(result, "run_dir", str(tmp_path / "taken"), "is a file", "choose another")
+    result = run_in_process("generate", str(config_file(tmp_path)), "--run-dir", str(tmp_path / "taken" / "run"))
+    assert_user_error(result, "is inside", "which is a file")
+
+
+def test_run_dir_that_is_read_only(tmp_path):
+    target = unwritable_dir(tmp_path)
+    result = run_in_process("generate", str(config_file(tmp_path)), "--run-dir", str(target))
+    assert_user_error(result, "run_dir", str(target), "cannot write there", "choose another")
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_data_import_out_that_cannot_be_written(tmp_path, kind):
+    source = tmp_path / "data.csv"
+    source.write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(10)), encoding="utf-8")
+    if kind == "file":
+        out = tmp_path / "taken"
+        out.write_text("x")
+    else:
+        out = unwritable_dir(tmp_path)
+    result = run_in_process("data", "import", str(source), "--out", str(out))
+    assert_user_error(result, "--out", str(out), "choose another --out")
+
+
+def test_train_out_that_is_a_file(tmp_path, cli_env):
+    from tiny_encoders import build_tiny_bert
+
+    model = build_tiny_bert(tmp_path / "bert", None)
+    source = tmp_path / "data.csv"
+    source.write_text("text,label\n" + "".join(f"good film {i},{'ab'[i % 2]}\n" for i in range(12)), encoding="utf-8")
+    (tmp_path / "taken").write_text("x")
+    result = run_cli("train", "--model", str(model), "--real", str(source), "--out", str(tmp_path / "taken"),
+                     "--set", "training.epochs=1", env=cli_env)
+    assert_user_error(result, str(tmp_path / "taken"), "choose another", "out")
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+# ----------------------------------------------------------------------------- files that are not files
+
+
+def test_fifo_beside_the_config_does_not_hang_the_task_listing(tmp_path, cli_env):
+    import os
+
+    os.mkfifo(tmp_path / "stuck.yaml")  # opening it would block until a writer comes
+    path = config_file(tmp_path, task="sms_spma")
+    result = run_cli("generate", str(path), env=cli_env, timeout=60)
+    assert_user_error(result, "unknown task 'sms_spma'", "did you mean sms_spam")
+
+
+def test_fifo_config_is_not_called_missing(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "gen.yaml")
+    result = run_in_process("generate", str(tmp_path / "gen.yaml"))
+    message = assert_user_error(result, str(tmp_path / "gen.yaml"), "not a regular file")
+    assert "not found" not in message
+
+
+# ----------------------------------------------------------------------------- data messages
+
+
+def test_broken_jsonl_line_is_named(tmp_path):
+    import json
+
+    lines = [json.dumps({"text": f"text {i}", "label": "ab"[i % 2]}) for i in range(50)]
+    source = tmp_path / "data.jsonl"
+    source.write_text("\n".join([*lines, '{"text": "oops", "label": }', *lines[:3]]) + "\n", encoding="utf-8")
+    result = run_in_process("data", "import", str(source), "--out", str(tmp_path / "out"))
+    message = assert_user_error(result, str(source), "line 51", "not valid JSON", "fix line 51")
+    assert "character 0" not in message
+    assert not (tmp_path / "out" / "import.json").exists()
+
+
+def test_empty_label_cells_are_not_sent_to_label_map(tmp_path):
+    source = tmp_path / "data.csv"
+    source.write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(10)) + "no label,\n")
+    result = run_in_process("data", "import", str(source), "--out", str(tmp_path / "out"), "--keep-empty")
+    message = assert_user_error(result, "no label", "leave out --keep-empty")
+    assert "--label-map" not in message
+    result = run_in_process("data", "import", str(source), "--out", str(tmp_path / "out"), "--label-map", "=a")
+    assert_user_error(result, "'=a'", "an empty label cell has no name to map")
+
+
+def test_disjoint_train_and_test_labels(tmp_path):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(10)))
+    test.write_text("text,label\nwin cash,spam\nsee you,ham\n")
+    result = run_in_process("data", "import", str(train), "--test", str(test), "--out", str(tmp_path / "out"))
+    assert_user_error(result, "train labels (0, 1", "test labels (ham, spam", "none in common", "--label-map")
+    assert not (tmp_path / "out" / "import.json").exists()
+
+
+def test_partly_different_label_sets_warn(tmp_path):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("text,label\n" + "".join(f"text {i},{'abc'[i % 3]}\n" for i in range(9)))
+    test.write_text("text,label\nx,a\ny,d\n")
+    result = run_in_process("data", "import", str(train), "--test", str(test), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "label sets differ" in result.stdout and "only in train: b, c" in result.stdout
+    assert "only in test: d" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [("--confidence", "1.5", "between 0 and 1"), ("--confidence", "nan", "between 0 and 1"),
+     ("--bootstrap", "-1", "from 0"), ("--prior", "-0.5", "0 or more")],
+)
+def test_subjectivity_option_ranges_name_the_flag(tmp_path, option, value, fragment):
+    judgments = tmp_path / "j.csv"
+    judgments.write_text("more_objective,less_objective\nsms_spam,imdb\nimdb,sms_spam\n")
+    result = run_in_process("analyze", "subjectivity", "tasks", "--judgments", str(judgments),
+                            "--out", str(tmp_path / "out"), option, value)
+    assert_user_error(result, option, f"got {value}", fragment, "for example")
+    assert not (tmp_path / "out").exists()

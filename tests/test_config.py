@@ -29,9 +29,9 @@ EXPERIMENT_FILES = [p for p in ALL_EXPERIMENT_FILES if p not in TRAIN_FILES + ST
 
 def test_shipped_config_counts():
     assert len(TASK_FILES) == 10, TASK_FILES
-    assert len(EXPERIMENT_FILES) == 2, EXPERIMENT_FILES  # smoke, paper-gpt35
+    assert len(EXPERIMENT_FILES) == 3, EXPERIMENT_FILES  # default, smoke, paper-gpt35
     assert len(TRAIN_FILES) == 1, TRAIN_FILES  # train-mixed
-    assert len(STUDY_FILES) == 2, STUDY_FILES  # study-tiny-cpu, study-paper-grid
+    assert len(STUDY_FILES) == 3, STUDY_FILES  # study-tiny-cpu, study-smol-cpu, study-paper-grid
     assert configs_root() == REPO / "configs"
 
 
@@ -68,8 +68,11 @@ def test_train_config_validates(path):
     assert cfg.label_set() and cfg.train
 
 
-def test_embedded_default_is_the_smoke_config():
-    assert load_generate_config(None) == load_generate_config(REPO / "configs" / "experiments" / "smoke.yaml")
+def test_embedded_default_is_the_real_model_and_smoke_is_explicit():
+    default = load_generate_config(None)
+    assert default == load_generate_config(REPO / "configs" / "experiments" / "default.yaml")
+    assert default.generator.model == "smollm2-135m-instruct" and default.quota.per_label == 20
+    assert load_generate_config(REPO / "configs" / "experiments" / "smoke.yaml").generator.model == "tiny-random"
 
 
 # ----------------------------------------------------------------------------- --set
@@ -186,11 +189,11 @@ def test_all_problems_in_a_file_are_reported_together(tmp_path):
 
 def test_cross_field_problems_alone_each_get_a_line():
     with pytest.raises(UserError) as info:
-        load_generate_config(None, ["mode=few-shot", "generator.backend=vllm"])
+        load_generate_config(None, ["mode=few-shot", "generator.backend=openai", "generator.model=null"])
     message = str(info.value)
     assert "2 problems" in message
     assert "\n  - task.few_shot.source: few-shot mode needs real examples" in message
-    assert "\n  - generator.model: is required with the vllm backend" in message
+    assert "\n  - generator.model (from --set generator.model=null): is required with the openai backend" in message
 
 
 def test_direct_validation_still_runs_cross_checks():
@@ -274,3 +277,114 @@ def test_minimal_config_gets_the_model_defaults(tmp_path):
     assert cfg.quota == fields["quota"].default_factory()
     assert cfg.generator == fields["generator"].default_factory()
     assert cfg.filters == fields["filters"].default_factory()
+
+
+# ----------------------------------------------------------------------------- bounds and cross-checks
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["filters.min_words=10", "filters.max_words=5"], ["filters.min_words", "is 10 but max_words is 5"]),
+        # filters.max_words unset: twice task.max_words (40 for sms_spam), known only with the task
+        (["filters.min_words=81"], ["filters.min_words", "80 words", "twice task.max_words 40"]),
+        (["task.max_words=4", "filters.min_words=9"], ["filters.min_words", "8 words"]),
+        (["quota.per_label=1000000000000"], ["quota.per_label", "at most 10,000,000", "several runs"]),
+        (["quota.overgenerate=1e12"], ["quota.overgenerate", "less than or equal to 10"]),
+    ],
+)
+def test_impossible_or_unbounded_settings_are_refused(overrides, fragments):
+    with pytest.raises(UserError) as info:
+        load_generate_config(None, overrides)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_word_range_at_the_edge_is_accepted():
+    assert load_generate_config(None, ["filters.min_words=80"]).max_words == 80
+    assert load_generate_config(None, ["filters.min_words=5", "filters.max_words=5"]).max_words == 5
+
+
+def test_problems_from_set_name_the_flag_not_the_file(tmp_path):
+    path = write_yaml(tmp_path / "gen.yaml", {"task": "sms_spam", "quota": {"per_label": "x"}})
+    with pytest.raises(UserError) as info:
+        load_generate_config(path, ["filters.min_words=-1"])
+    message = str(info.value)
+    assert message.startswith(f"{path}: 2 problems")  # one from the file, one from the flag
+    assert "quota.per_label: Input should be a valid integer" in message
+    assert "filters.min_words (from --set filters.min_words=-1):" in message
+    with pytest.raises(UserError) as info:
+        load_generate_config(path, ["quota.per_label=0"])
+    assert str(info.value).startswith(f"--set quota.per_label=0 (on {path}): 1 problem")
+
+
+# ----------------------------------------------------------------------------- secrets
+
+FAKE_KEY = "sk-localsynthFAKE0123456789abcdefXYZ"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        FAKE_KEY,
+        "hf_FAKEabcdefghijklmnopqrstuvwxyz012345",
+        "Authorization: Bearer FAKEtoken.abc-123_xyz",
+        "http://alice:hunter2-FAKE@10.0.0.1:8000/v1",
+        "https://host/v1?api_key=FAKE123&x=1",
+        "token=aZ3kQ9vL2mX8pR4tW7yB1nC6dF5gH0jKs",  # 33 random-looking characters
+        "5d94f9e56d0d0da345d0f5d5efc95a54d995bad5",  # hex keys too (and git shas, harmlessly)
+    ],
+)
+def test_redact_masks_key_shapes(text):
+    from localsynth.secrets import MASK, redact
+
+    masked = redact(f"the value is {text} here")
+    assert MASK in masked and masked.startswith("the value is ") and masked.endswith(" here")
+    for secret in ("FAKE", "hunter2", "aZ3kQ9vL2mX8pR4tW7yB1nC6dF5gH0jKs", "5d94f9e56d0d"):
+        assert secret not in masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "meta-llama/Llama-3.1-8B-Instruct", "NousResearch/Hermes-3-Llama-3-8B-Instruct-GGUF-Q4_K_M",
+        "/shared/models/Qwen2.5-72B-Instruct-AWQ", "runs/sms_spam-zero-shot/shards/00000-of-00004.parquet",
+        "MyExperiment2024SyntheticDataV3Final", "generate --set generator.openai.api_key_env=OPENAI_API_KEY",
+        "http://127.0.0.1:8000/v1", "quota.per_label=1000000",
+    ],
+)
+def test_redact_leaves_names_paths_and_settings_alone(text):
+    from localsynth.secrets import redact
+
+    assert redact(text) == text
+
+
+def test_run_record_masks_secrets(tmp_path, monkeypatch):
+    """config.yaml and environment/*.json of a run directory, whatever reaches them."""
+    from localsynth.rundir import Shard, ShardPaths, check_config, prepare
+
+    monkeypatch.setattr("sys.argv", ["localsynth", "generate", "--set", f"task.title={FAKE_KEY}"])
+    paths = ShardPaths(tmp_path / "run", Shard(0, 1))
+    config = {"task": {"title": FAKE_KEY}, "generator": {"openai": {"extra_body": {"api_key": "plain"}}}, "seed": 1}
+    prepare(paths, config)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {p.name for p in files} == {"config.yaml", "00000-of-00001.json"}
+    for file in files:
+        text = file.read_text()
+        assert FAKE_KEY not in text and "plain" not in text and "***" in text, file
+    # The masked record still matches the same config when the run resumes.
+    (paths.rows.parent).mkdir(parents=True)
+    paths.done.write_text("{}")
+    check_config(paths, config)
+    with pytest.raises(UserError, match="seed"):
+        check_config(paths, {**config, "seed": 2})
+
+
+def test_config_files_named_yaml_that_are_not_files(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a regular file"):
+        load_generate_config(fifo)
+    assert "pipe" not in available_tasks(tmp_path)  # listing tasks never opens it (it would block)

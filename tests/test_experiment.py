@@ -23,7 +23,7 @@ CUES = {
 }
 FILLER = "the company its shares in of for quarter year and net sales".split()
 REPORT_FILES = [
-    "report.md", "table1.md", "table1.csv", "table1.png", "cells.csv", "diversity.md", "diversity.csv", "cost.md", "cost.json",
+    "report.md", "table1.md", "table1.csv", "table1.png", "cells.csv", "diversity.md", "diversity.csv", "cost.md", "cost.json", "verdicts.json",
     "subjectivity/financial_phrasebank-instance_agreement.csv", "subjectivity/financial_phrasebank-instance_agreement.md",
     "subjectivity/financial_phrasebank-instance_agreement.png", "subjectivity/task_subjectivity.csv",
     "subjectivity/task_subjectivity.md", "subjectivity/gap_vs_subjectivity.png",
@@ -90,6 +90,14 @@ def test_tiny_study_writes_every_report_file(study):
     assert len(plan["cells"]) == 8 and len(plan["generate"]) == 2  # 4 conditions x 2 seeds; zero- and few-shot
     assert "| task |" in (report / "table1.md").read_text()
     assert (report / "subjectivity" / "financial_phrasebank-instance_agreement.png").read_bytes()[:4] == b"\x89PNG"
+    # the report opens with the paper's findings as verdicts, before Table 1
+    text = (report / "report.md").read_text()
+    assert text.index("## The paper's findings") < text.index("## Table 1")
+    found = json.loads((report / "verdicts.json").read_text())
+    assert [v["finding"][:4] for v in found] == ["(i) ", "(ii)", "(iii", "(iv)"]
+    assert {v["verdict"] for v in found} <= {"holds", "does not hold", "not enough data"}
+    assert found[1]["verdict"] == "not enough data"  # one task: no rank correlation
+    assert found[3]["evidence"] and "agreement >=" in found[3]["evidence"][0]  # PhraseBank's agreement column
 
 
 def test_table1_is_the_mean_and_spread_of_the_cells(study):
@@ -120,6 +128,8 @@ def test_cells_use_the_rows_they_claim(study):
     assert rows["real"] == {"real": 300}
     assert rows["zero-shot"] == {"zero-shot": 60}  # 20 kept per label x 3 labels
     assert rows["real+zero-shot"] == {"real": 300, "zero-shot": 60}  # all rows of both: no down-sampling
+    table1 = (study["out"] / "report" / "table1.md").read_text()
+    assert "n=360" in table1 and "n=60" in table1  # the rows each cell really trained on
     test_rows = pl.read_parquet(study["out"] / "data" / "financial_phrasebank" / "test.parquet").height
     assert {json.loads((Path(c["eval_dir"]) / "metrics.json").read_text())["n"] for c in plan["cells"]} == {test_rows}
 
@@ -229,7 +239,7 @@ def test_shipped_study_configs_validate():
     from localsynth.experimentconfig import load_experiment_config
 
     files = sorted((REPO / "configs" / "experiments").glob("study-*.yaml"))
-    assert [p.stem for p in files] == ["study-paper-grid", "study-tiny-cpu"]
+    assert [p.stem for p in files] == ["study-paper-grid", "study-smol-cpu", "study-tiny-cpu"]
     paper = load_experiment_config(files[0])
     assert len(paper.tasks) == 10 and len(paper.models) == 2 and len(paper.seeds) == 3
     assert paper.generation.quota.per_label == 3000 and paper.modes == ["zero-shot", "few-shot"]

@@ -16,7 +16,7 @@ def test_clean_strips_preambles_prefixes_and_quotes():
 def test_stateless_reasons():
     df = pl.DataFrame(
         {
-            "text": ["one two three four", "cut off text here now", "I'm sorry, I can't help", "two words", "w " * 50, None],
+            "text": ["one two three four", "cut off text here now", "I'm sorry, I can't help", "two words", " ".join(f"w{i}" for i in range(50)), None],
             "finish_reason": ["stop", "length", "stop", "stop", "stop", "stop"],
         }
     )
@@ -24,6 +24,48 @@ def test_stateless_reasons():
     assert reasons == [None, "truncated", "refusal", "too_short", "too_long", None]
     keep_truncated = F.stateless_reasons(df, Filters(min_words=3, drop_truncated=False), max_words=40).to_list()
     assert keep_truncated[1] is None
+
+
+def test_clean_strips_header_lines_and_trailing_notes():
+    raw = pl.Series([
+        "Sender: a bank\nTone: urgent\nYour account is locked, call 0800 123 now",
+        "Meet you at 6 by the station?\n\nThis message is casual and friendly, as asked.",
+        "Win a car today!\n\nNote: this is a fictional spam message.",
+    ])
+    assert F.clean(raw)["text"].to_list() == [
+        "Your account is locked, call 0800 123 now", "Meet you at 6 by the station?", "Win a car today!",
+    ]
+
+
+def test_placeholders_and_loops_are_dropped():
+    df = pl.DataFrame({
+        "text": ["Hi [Your Name], your parcel is waiting", "I promise, I promise, I promise, I promise you",
+                 "Dinner at 8 at the usual place, bring the wine please"],
+        "finish_reason": ["stop"] * 3,
+    })
+    assert F.stateless_reasons(df, Filters(), max_words=40).to_list() == ["placeholder", "repetitive", None]
+    assert F.stateless_reasons(df, Filters(max_repeated_share=1.0), max_words=40).to_list()[1] is None
+
+
+def test_cut_at_sentence_keeps_the_last_complete_sentence_inside_the_bounds():
+    text = "Running late. Be there at 7! Save me a seat, and tell Sam that the"
+    assert F.cut_at_sentence(text, min_words=3, max_words=40) == "Running late. Be there at 7!"
+    assert F.cut_at_sentence(text, min_words=1, max_words=3) == "Running late."
+    assert F.cut_at_sentence(text, min_words=8, max_words=40) is None  # no sentence end that late
+    assert F.cut_at_sentence('He said "stop." Then he left and the', 2, 40) == 'He said "stop."'
+    df = pl.DataFrame({"text": [text, "Short and done.", text], "finish_reason": ["length", "stop", "stop"]})
+    out = F.cut_long_outputs(df, Filters(min_words=3), max_words=40)
+    assert out["text"].to_list() == ["Running late. Be there at 7!", "Short and done.", text]
+    assert out["cut_at_sentence"].to_list() == [True, False, False]
+    too_long = pl.DataFrame({"text": ["One two three. Four five six seven eight."], "finish_reason": ["stop"]})
+    assert F.cut_long_outputs(too_long, Filters(min_words=1), max_words=4)["text"].to_list() == ["One two three."]
+    assert F.cut_long_outputs(df, Filters(cut_at_sentence=False), 40)["cut_at_sentence"].to_list() == [False] * 3
+
+
+def test_prompt_echo():
+    prompt = F.shingles("write one sms message from a shop an unsolicited sms message such as an advertisement")
+    assert F.echoes_prompt("an unsolicited sms message such as an advertisement", prompt)
+    assert not F.echoes_prompt("big sale at the shop today only call 0800 now", prompt)
 
 
 def _norm(texts):

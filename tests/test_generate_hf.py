@@ -48,7 +48,7 @@ def test_zero_shot_shard_meets_quotas_and_keeps_the_raw(tmp_path, tiny_llama):
     assert "torch" in env["packages"] and env["host"]
 
 
-def test_history_holds_the_model_replies(tmp_path, tiny_llama):
+def test_history_holds_the_cleaned_replies(tmp_path, tiny_llama):
     cfg = load(tmp_path, tiny_llama)
     run_generate(cfg, Shard(0, 1), tmp_path / "run")
     df = pl.read_parquet(ShardPaths(tmp_path / "run", Shard(0, 1)).rows)
@@ -56,7 +56,8 @@ def test_history_holds_the_model_replies(tmp_path, tiny_llama):
     for row in by_id.values():
         if row["turn"] > 0:
             previous = by_id[row["id"].rsplit("/t", 1)[0] + f"/t{row['turn'] - 1}"]
-            assert row["messages"][-2] == {"role": "assistant", "content": previous["raw_output"]}
+            # the cleaned text, not the raw output: a rambling reply must not grow every later prompt
+            assert row["messages"][-2] == {"role": "assistant", "content": previous["text"]}
 
 
 def test_few_shot_shows_fresh_real_examples(tmp_path, tiny_llama):
@@ -150,8 +151,15 @@ def test_dry_run_prints_plan_and_cost(tmp_path, tiny_llama, cli_env):
     plan = json.loads(out.stdout)
     assert plan["rows_wanted"] == 12 and plan["requests_first_pass"] == 2 * 2 * 5
     assert plan["example_messages"][0]["role"] == "system"
-    assert plan["estimated_cost_usd"] > 0
+    assert plan["estimated_cost_usd"] is None and "no API cost" in plan["cost_note"]  # prices apply to APIs only
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    api = run_cli(
+        "generate", str(path), "--dry-run", "--set", "generator.backend=openai", "--set", "generator.model=gpt-x",
+        "--set", "generator.pricing.input_per_million=0.5", "--set", "generator.pricing.output_per_million=1.5",
+        env=cli_env,
+    )
+    assert api.returncode == 0, api.stderr
+    assert json.loads(api.stdout)["estimated_cost_usd"] > 0
 
 
 def _rows(run_dir):

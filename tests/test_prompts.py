@@ -15,16 +15,18 @@ def test_seed_is_stable_and_distinct():
 
 def test_zero_shot_turns_carry_diversity_prompt_every_n():
     task = load_task("sms_spam")
-    style = sample_style(task, 0)
-    assert style == sample_style(task, 0) and set(style) == set(task.styles)
-    drawn = {tuple(sample_style(task, seed).values()) for seed in range(500)}
-    assert len(drawn) == len(task.styles['sender']) * len(task.styles['tone'])  # every combination occurs
+    style = sample_style(task, 0, "ham")
+    assert style == sample_style(task, 0, "ham") and set(style) == set(task.styles)
+    drawn = {tuple(sample_style(task, seed, "ham").values()) for seed in range(500)}
+    assert len(drawn) == len(task.styles["sender"]["ham"]) * len(task.styles["tone"])  # every combination occurs
+    # per-label attributes draw from the label's own values only
+    assert {sample_style(task, seed, "spam")["sender"] for seed in range(500)} == set(task.styles["sender"]["spam"])
     every = task.conversation.diversity_every
     diversity = task.prompts.diversity.strip()[:30]
     for turn in range(6):
         content = user_turn(task, "spam", style, turn)["content"]
         assert (diversity in content) == (turn > 0 and turn % every == 0)
-        assert "unsolicited" in content  # the label description reaches the prompt
+        assert "claims the reader has won a prize" in content  # the label description reaches the prompt
         assert str(task.max_words) in content
 
 

@@ -100,3 +100,115 @@ def test_status_before_any_submission(gen, cli_env):
     assert_user_error(run_cli("slurm", "status", str(gen), env=cli_env), "nothing was submitted", "slurm submit")
 
 
+
+
+# ----------------------------------------------------------------------------- nothing typed becomes a shell line
+
+
+def render(*args: str):
+    from test_cli_errors import run_in_process
+
+    return run_in_process("slurm", "render", *args)
+
+
+def assert_no_script(root: Path) -> None:
+    assert not list(root.rglob("*.sbatch")), list(root.rglob("*.sbatch"))
+
+
+@pytest.mark.parametrize("shards", ["-2", "0"])
+def test_shards_below_one(gen, tmp_path, shards):
+    assert_user_error(render(str(gen), "--shards", shards), "--shards must be at least 1", f"got {shards}", "--shards 4")
+    assert_no_script(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("partition", "gpu\nrm -rf ~", "not a SLURM partition name"),
+        ("partition", "gpu;reboot", "not a SLURM partition name"),
+        ("account", "lab $(id)", "not a SLURM account name"),
+        ("qos", "normal high", "not a SLURM qos name"),
+        ("train.partition", "a\nb", "not a SLURM partition name"),
+        ("gpu_type", "a100:2", "not a GPU type"),
+        ("gpu_type", "a100\necho", "not a GPU type"),
+        ("sbatch", ["--comment=x\nrm -rf ~"], "without line breaks"),
+        ("command", "", "not a command line"),
+        ("command", "localsynth\nrm -rf ~", "not a command line"),
+        ("setup", [f"export OPENAI_API_KEY={'sk-FAKE0123456789abcdefXYZ'}"], "looks like an API key"),
+    ],
+)
+def test_site_values_that_would_break_the_script(tmp_path, gen, key, value, fragment):
+    site, node = {}, None
+    parts = key.split(".")
+    node = site
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    path = write_yaml(tmp_path / "site.yaml", site)
+    message = assert_user_error(render(str(gen), "--site", str(path)), f"slurm.{key}", fragment)
+    assert "sk-FAKE" not in message
+    assert_no_script(tmp_path)
+
+
+def test_newline_in_a_set_value_is_refused_and_shown_on_one_line(gen, tmp_path):
+    result = render(str(gen), "--set", "slurm.partition=gpu\nrm -rf ~")
+    message = assert_user_error(result, "slurm.partition (from --set slurm.partition=gpu\\nrm -rf ~)")
+    assert "\nrm" not in message
+    assert_no_script(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [(["slurm.time=5", "slurm.signal_s=300"], "slurm.signal_s"),
+     (["slurm.train.time=5"], "slurm.train.signal_s")],
+)
+def test_signal_not_before_the_time_limit(gen, tmp_path, settings, key):
+    args = [x for item in settings for x in ("--set", item)]
+    assert_user_error(render(str(gen), *args), key, "not shorter than", "time limit", "raise slurm.")
+    assert_no_script(tmp_path)
+
+
+def test_signal_without_requeue_is_not_checked(gen):
+    result = render(str(gen), "--set", "slurm.time=5", "--set", "slurm.requeue=false")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("run_dir", "fragment"),
+    [("run\nrm -rf ~", "line break"), ("my run", "space or quote"), ("run$(reboot)", "expand")],
+    ids=["newline", "space", "substitution"],
+)
+def test_run_dir_that_a_script_cannot_hold(tmp_path, run_dir, fragment):
+    path = write_yaml(tmp_path / "gen.yaml", generate_config(tmp_path, None, run_dir=str(tmp_path / run_dir)))
+    assert_user_error(render(str(path)), fragment)
+    assert list(tmp_path.iterdir()) == [path]  # nothing written
+
+
+def test_model_path_with_shell_characters(tmp_path):
+    cfg = generate_config(tmp_path, "/m/x", generator={"backend": "vllm", "model": "/m/`reboot`"})
+    path = write_yaml(tmp_path / "gen.yaml", cfg)
+    assert_user_error(render(str(path), "--set", "slurm.gpus=1"), "generator.model", "`reboot`", "expand")
+    assert_no_script(tmp_path)
+
+
+def test_run_dir_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    path = write_yaml(tmp_path / "gen.yaml", generate_config(tmp_path, None, run_dir=str(tmp_path / "taken")))
+    assert_user_error(render(str(path)), "run_dir", "taken", "which is a file", "choose another run_dir")
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_shard_share_too_large(gen, tmp_path):
+    result = render(str(gen), "--set", "quota.per_label=3000000", "--shards", "2")
+    assert_user_error(result, "1,500,000 rows per label to one shard", "--shards 3")
+    assert_no_script(tmp_path)
+    assert render(str(gen), "--set", "quota.per_label=3000000", "--shards", "3").returncode == 0
+
+
+def test_rendered_values_are_checked_in_every_script():
+    """The last guard: a value with a line break never reaches a template, whatever the caller."""
+    from localsynth.errors import UserError
+    from localsynth.slurm import render as render_template
+
+    with pytest.raises(UserError, match="line break"):
+        render_template("report", {"name": "x\nrm -rf ~", "config": "c", "sbatch": "", "setup": "", "command": "ls"})

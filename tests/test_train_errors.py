@@ -74,10 +74,9 @@ def test_classifier_with_another_label_count(tmp_path, cli_env):
 
 def test_checkpoint_with_other_labels_is_refused(tmp_path, bert, cli_env):
     rows().write_parquet(tmp_path / "ok.parquet")
-    first = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.max_steps=2",
-                  "--set", "training.checkpoint_every_steps=1", env=cli_env)
-    assert first.returncode == 0, first.stderr
-    (tmp_path / "out" / "train.done").unlink()  # as if killed after its checkpoints
+    killed = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.max_steps=2",
+                   "--set", "training.checkpoint_every_steps=1", env={**cli_env, "LOCALSYNTH_TRAIN_KILL_AT": "saved:1"})
+    assert killed.returncode == -9, killed.stderr  # killed after its first checkpoint
     rows(labels=("pos", "neg", "meh")).write_parquet(tmp_path / "ok.parquet")
     result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.max_steps=2",
                    "--set", "training.checkpoint_every_steps=1", env=cli_env)

@@ -44,7 +44,8 @@ VLLM_SETTINGS = {
     "dtype": "float32",
     "max_model_len": MAX_MODEL_LEN,
     "enforce_eager": True,
-    "gpu_memory_utilization": 0.15,
+    # no gpu_memory_utilization: the CPU default (a fixed KV cache) must start the engine as is
+    "cpu_kv_cache_gib": 0.5,
     # 16 sequences at a time: a round's 72 requests finish in waves, so the completion log
     # grows during a round and the kill can land in the middle of one
     "max_num_seqs": 16,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-from localsynth.backends.base import ChatRequest, Completion, Results, hub_error, local_model_dir
+from localsynth.backends.base import ChatRequest, Completion, Results, hub_error
+from localsynth.backends.models import DEFAULT_MODEL, resolve_model
 from localsynth.config import GeneratorConfig, Sampling
 from localsynth.devices import resolve_device
 from localsynth.errors import UserError, require
@@ -23,7 +24,7 @@ class HFBackend:
     def __init__(self, cfg: GeneratorConfig):
         self.cfg = cfg
         self.settings = cfg.hf
-        self.model_name = cfg.model or "tiny-smoke-llama"
+        self.model_name = cfg.model or DEFAULT_MODEL
         self.model = None
         self.tokenizer = None
 
@@ -34,12 +35,7 @@ class HFBackend:
         device = resolve_device(
             self.settings.device, torch, f"generator.hf.device is '{self.settings.device}'", "set generator.hf.device=cpu"
         )
-        if self.cfg.model:
-            path = local_model_dir(self.cfg.model)
-        else:
-            from localsynth.tiny import smoke_model_dir
-
-            path = str(smoke_model_dir())
+        path = resolve_model(self.cfg.model)
         dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
             self.settings.dtype
         ]
@@ -86,6 +82,7 @@ class HFBackend:
                     temperature=sampling.temperature if sample else None,
                     top_p=sampling.top_p if sample else None,
                     max_new_tokens=sampling.max_tokens,
+                    repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None,
                     pad_token_id=self.tokenizer.pad_token_id,
                     stop_strings=sampling.stop or None,
                     tokenizer=self.tokenizer if sampling.stop else None,

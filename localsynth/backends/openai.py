@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from localsynth.backends.base import ChatRequest, Completion, Results, group_identical
 from localsynth.config import GeneratorConfig, Sampling
 from localsynth.errors import UserError, require
+from localsynth.secrets import redact
 
 _DONE = object()
 # A run whose first requests are all refused as malformed has a settings problem, not bad luck.
@@ -63,7 +64,7 @@ class OpenAIBackend:
 
     @property
     def _where(self) -> str:
-        return self.settings.base_url or "the OpenAI API"
+        return redact(self.settings.base_url) if self.settings.base_url else "the OpenAI API"
 
     def _api_key(self) -> str:
         key = os.environ.get(self.settings.api_key_env)
@@ -71,14 +72,15 @@ class OpenAIBackend:
             return key
         if self.settings.base_url is None:
             raise UserError(
-                f"no API key: the environment variable {self.settings.api_key_env} is not set; export it "
+                f"no API key: the environment variable {redact(self.settings.api_key_env)} is not set; export it "
                 f"(or name another variable with generator.openai.api_key_env)"
             )
         return "EMPTY"  # local OpenAI-compatible servers usually need none
 
     def _redact(self, text: str) -> str:
         key = os.environ.get(self.settings.api_key_env)
-        return text.replace(key, "***") if key and len(key) >= 4 else text
+        text = text.replace(key, "***") if key and len(key) >= 4 else text
+        return redact(text)
 
     def load(self) -> None:
         """Check that the server answers and serves the model, then start the request loop."""
@@ -201,7 +203,7 @@ class OpenAIBackend:
                     stop=sampling.stop or None,
                     seed=req.seed,
                     n=len(group),
-                    extra_body=s.extra_body or None,
+                    extra_body=self._extra_body(sampling),
                 )
             except openai.AuthenticationError:
                 raise UserError(
@@ -240,6 +242,14 @@ class OpenAIBackend:
         for pos in group[len(choices) :]:  # a server that ignores n
             out.append((pos, Completion(None, None, error="missing choice (server ignored n)")))
         put(out)
+
+    def _extra_body(self, sampling: Sampling) -> dict | None:
+        """Fields outside the OpenAI schema: the config's extra_body, plus repetition_penalty when
+        set (vLLM's server and others accept it; the OpenAI API rejects it)."""
+        body = dict(self.settings.extra_body)
+        if sampling.repetition_penalty != 1.0:
+            body.setdefault("repetition_penalty", sampling.repetition_penalty)
+        return body or None
 
     def _short(self, exc: Exception) -> str:
         text = str(getattr(exc, "message", None) or exc).strip().splitlines()

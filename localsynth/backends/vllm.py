@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import itertools
 import multiprocessing
+import os
 from collections.abc import Sequence
 
 from localsynth.backends.base import (
@@ -32,10 +33,11 @@ from localsynth.backends.base import (
     Completion,
     Results,
     group_identical,
-    local_model_dir,
 )
+from localsynth.backends.models import DEFAULT_MODEL, resolve_model
 from localsynth.config import GeneratorConfig, Sampling
 from localsynth.errors import MissingExtra, UserError, require
+from localsynth.progress import log
 
 
 class VllmBackend:
@@ -45,7 +47,7 @@ class VllmBackend:
     def __init__(self, cfg: GeneratorConfig):
         self.cfg = cfg
         self.settings = cfg.vllm
-        self.model_name = cfg.model or ""
+        self.model_name = cfg.model or DEFAULT_MODEL
         self.llm = None
         self.tokenizer = None
         self.max_model_len = 0
@@ -57,7 +59,6 @@ class VllmBackend:
         kwargs = dict(
             model=path,
             tensor_parallel_size=s.tensor_parallel_size,
-            gpu_memory_utilization=s.gpu_memory_utilization,
             dtype=s.dtype,
             enforce_eager=s.enforce_eager,
             enable_prefix_caching=s.enable_prefix_caching,
@@ -66,6 +67,15 @@ class VllmBackend:
             kwargs["max_model_len"] = s.max_model_len
         if s.max_num_seqs:
             kwargs["max_num_seqs"] = s.max_num_seqs
+        if s.gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
+        elif on_cpu:
+            # A CPU build reads gpu_memory_utilization as a share of the whole RAM and refuses to
+            # start when that much is not free (0.9 on a busy 24 GiB machine: "Engine core
+            # initialization failed" after a minute). A fixed KV cache starts anywhere.
+            kwargs["kv_cache_memory_bytes"] = int(s.cpu_kv_cache_gib * 2**30)
+        else:
+            kwargs["gpu_memory_utilization"] = 0.90
         if on_cpu:
             # vLLM 0.32 on CPU crashes the engine ("CPU Generator does not use offset") when a
             # seeded request is prefilled in chunks: it rewinds the sampler's generator with a
@@ -77,7 +87,11 @@ class VllmBackend:
 
     def load(self) -> None:
         check_spawn_safe()
-        path = local_model_dir(self.cfg.model)
+        path = resolve_model(self.cfg.model)
+        # vLLM logs ~100 INFO lines per engine start, which bury the one line that matters;
+        # VLLM_LOGGING_LEVEL=INFO in the environment brings them back.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        log(f"starting the vLLM engine on {path} (a minute on a CPU, longer on a GPU with CUDA graphs)")
         try:
             vllm = require("vllm", "vllm")
         except MissingExtra:
@@ -131,6 +145,7 @@ class VllmBackend:
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
             stop=sampling.stop or None,
+            repetition_penalty=sampling.repetition_penalty,
             seed=seed,
         )
         params.output_kind = self._final_only  # one output per request, when it is done

@@ -2,6 +2,8 @@
 
 Errors: bad input exits 2 with one message (no traceback unless --verbose); any other failure
 exits 1. `--verbose` is accepted anywhere on the command line, before or after the subcommand.
+Everything printed here passes through `redact`: a key typed on the command line or into a
+config is never echoed back.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import traceback
 import typer
 
 from localsynth.errors import UserError
+from localsynth.secrets import redact
 
 app = typer.Typer(
     name="localsynth",
@@ -46,9 +49,10 @@ def root(
 
 def _register() -> None:
     """Commands in the order of the work: tasks, generate, import real data, train, evaluate."""
-    from localsynth.cli import analyze, data, evaluate, experiment, generate, tasks, train
+    from localsynth.cli import analyze, data, evaluate, experiment, generate, models, tasks, train
 
     app.command("tasks")(tasks.tasks)
+    app.add_typer(models.app, name="models")
     app.command("generate")(generate.generate)
     app.add_typer(data.app, name="data")
     app.command("train")(train.train)
@@ -102,6 +106,10 @@ def split_verbose(args: list[str]) -> tuple[list[str], bool]:
     return out, verbose
 
 
+def _traceback() -> None:
+    print(redact(traceback.format_exc()), end="", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     args, verbose = split_verbose(sys.argv[1:] if argv is None else list(argv))
     if verbose:
@@ -111,17 +119,21 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=args, prog_name="localsynth", standalone_mode=False)
     except UserError as exc:
         if verbose:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+            _traceback()
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except exits as exc:
         sys.exit(exc.exit_code)
-    except usage_errors as exc:  # bad command line: click's usage message
+    except usage_errors as exc:  # bad command line: click's usage message (it may quote an argument)
         show = getattr(exc, "show", None)
         if callable(show):
-            show()
+            import io
+
+            buffer = io.StringIO()
+            show(file=buffer)
+            sys.stderr.write(redact(buffer.getvalue()))
         else:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except aborts:
         print("aborted", file=sys.stderr)
@@ -129,11 +141,24 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        from localsynth.io import os_error_message
+
+        message = os_error_message(exc, "output folder (--out, --run-dir, out_dir or run_dir)")
+        if verbose:
+            _traceback()
+        if message is None:  # a runtime failure (a full disk, a lost mount): exit 1
+            if not verbose:
+                print(f"error: {type(exc).__name__}: {redact(str(exc))} (run with --verbose for the traceback)",
+                      file=sys.stderr)
+            sys.exit(1)
+        print(f"error: {redact(message)}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
     except Exception as exc:
         if verbose:
-            traceback.print_exc()
+            _traceback()
             sys.exit(1)
-        print(f"error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {redact(str(exc))} (run with --verbose for the traceback)", file=sys.stderr)
         sys.exit(1)
     # Without standalone mode, typer turns Ctrl-C into a returned 130 and typer.Exit(n) into n.
     if isinstance(code, int) and not isinstance(code, bool) and code:

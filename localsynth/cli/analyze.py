@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -33,6 +34,21 @@ def _out_dir(out: Path) -> Path:
     except OSError as exc:
         raise UserError(f"cannot create the output folder {out} ({exc.strerror}); choose another --out") from None
     return out
+
+
+MAX_BOOTSTRAP = 100_000  # each resample is one Bradley-Terry fit; 1,000 give stable 95% intervals
+
+
+def check_score_options(confidence: float, bootstrap: int, prior: float) -> None:
+    """Each out-of-range option named with its value and what it may be."""
+    if not (math.isfinite(confidence) and 0 < confidence < 1):
+        raise UserError(f"--confidence must lie strictly between 0 and 1 (the interval's coverage); got {confidence}; "
+                        f"for example --confidence 0.95")
+    if not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise UserError(f"--bootstrap must be from 0 (no intervals) to {MAX_BOOTSTRAP:,} resamples; got {bootstrap}; "
+                        f"for example --bootstrap 1000")
+    if not (math.isfinite(prior) and prior >= 0):
+        raise UserError(f"--prior must be 0 or more (virtual wins each way per pair); got {prior}; for example --prior 0.5")
 
 
 def _write_table(out: Path, stem: str, table, extra: dict | None = None) -> list[str]:
@@ -71,8 +87,10 @@ def diversity(
         raise UserError(f"--metric must be cosine, euclidean or both; got '{metric}'")
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise UserError(f"--out {out}: give a .json or .csv file")
-    if block_size < 1 or top_k < 1:
-        raise UserError(f"--block-size and --top-k must be at least 1; got {block_size} and {top_k}")
+    for flag, value in (("--block-size", block_size), ("--top-k", top_k), ("--batch-size", batch_size),
+                        ("--max-length", max_length)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1; got {value}")
     sets = [dv.load_text_set(p, text_column) for p in texts]
     real_set = dv.load_text_set(real, text_column, "--real") if real is not None else None
     started = time.monotonic()
@@ -166,6 +184,7 @@ def tasks(
 
     if method not in ("mm", "logistic"):
         raise UserError(f"--method must be mm or logistic; got '{method}'")
+    check_score_options(confidence, bootstrap, prior)
     known = sorted(task) if task else available_tasks()
     table, summary = sj.task_scores(sj.load_judgments(judgments, known), method=method, bootstrap=bootstrap,
                                     seed=seed, confidence=confidence, prior=prior)

@@ -8,7 +8,6 @@ from typing import Any
 import typer
 
 from localsynth.cli.groups import command_group
-from localsynth.errors import UserError
 
 app = command_group("Real labelled data: import it into canonical Parquet.")
 
@@ -86,11 +85,9 @@ def import_(
     columns kept) with a report of empty texts, unknown labels, duplicates and train/test overlap."""
     from localsynth.config import load_task
     from localsynth.dataimport import ImportOptions, import_data, parse_label_map, write_import
+    from localsynth.io import output_dir
 
-    if out.exists() and not out.is_dir():
-        raise UserError(
-            f"--out {out} is a file; give a folder for train.parquet, test.parquet and import.json"
-        )
+    output_dir(out, "--out")  # a file or a read-only folder: refused before the work
     labels = load_task(task).label_names if task else None
     opts = ImportOptions(
         source=source,

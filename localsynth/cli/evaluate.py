@@ -24,8 +24,10 @@ def evaluate(
 ) -> None:
     """Evaluate a classifier on real test data: Macro-F1, accuracy, per-class scores, confusion matrix."""
     from localsynth.evaluate import evaluate_model, file_sha256, load_test, parse_label_map, summary
+    from localsynth.io import output_dir
 
     mapping = parse_label_map(label_map)
+    output_dir(out, "--out")
     test_df = load_test(test, text_column, label_column, mapping)
     source = {
         "path": str(test.resolve()),

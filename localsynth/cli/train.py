@@ -12,7 +12,9 @@ from localsynth.trainconfig import load_train_config
 
 def train(
     config: Path | None = typer.Argument(None, help="Training config YAML (optional when flags say enough)."),
-    model: str | None = typer.Option(None, "--model", help="Local encoder folder (BERT, RoBERTa, MiniLM, ...)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Local encoder folder (BERT, RoBERTa, MiniLM, ...), or all-MiniLM-L6-v2 (the packaged weights)."
+    ),
     real: list[str] = typer.Option([], "--real", help="Real training data: a file or an imported folder (repeatable)."),
     synthetic: list[str] = typer.Option([], "--synthetic", help="A generation run directory (repeatable)."),
     task: str | None = typer.Option(None, "--task", help="Task whose label set to use."),
@@ -31,6 +33,10 @@ def train(
     if out:
         base["out_dir"] = str(out)
     cfg = load_train_config(config, list(set_), base)
+    from localsynth.io import output_dir
+
+    if not (Path(cfg.out_dir) / "train.done").is_file():
+        output_dir(Path(cfg.out_dir), "out_dir (--out)")
     from localsynth.progress import log
     from localsynth.train import run_train
 
