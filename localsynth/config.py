@@ -488,7 +488,12 @@ class GenerateConfig(Strict):
         default="auto", description="auto: a bar on a terminal, periodic log lines elsewhere."
     )
     log_every_s: float = Field(default=30.0, gt=0, description="Seconds between progress log lines.")
-    flush_every_s: float = Field(default=10.0, ge=0, description="Write finished requests to disk this often.")
+    flush_every_s: float = Field(
+        default=10.0, ge=0,
+        description="Seconds between fsyncs of the completion log. Every chunk of finished requests is written to it "
+        "as it arrives, so a killed process loses none; this bounds what a node crash or a power loss can lose "
+        "(0: fsync every chunk).",
+    )
 
     @field_validator("progress", mode="before")
     @classmethod

@@ -393,12 +393,9 @@ def load_text_set(path: str | Path, text_column: str = "text", option: str = "--
             raise UserError(f"{option}: {given} holds an array of shape {emb.shape}; expected N x d embeddings, N >= 1")
         return TextSet(given.stem, str(given), embeddings=check_embeddings(emb, str(given), 1))
     if given.is_dir() and (given / "shards").is_dir():
-        files = sorted((given / "shards").glob("*.parquet"))
-        unfinished = sorted({p.name for p in files if not p.with_suffix(".done").is_file()}
-                            | {p.name.removesuffix(".log") for p in (given / "shards").glob("*.log")})
-        if not files or unfinished:
-            what = f"unfinished shards ({', '.join(unfinished[:5])})" if unfinished else "no finished shards"
-            raise UserError(f"{option}: {given} has {what}; finish the generation run (rerun the same generate command) first")
+        from localsynth.traindata import finished_shards
+
+        files = finished_shards(given, option, allow_partial=False)
         df = pl.read_parquet(files, columns=["text", "kept"]).filter("kept")
         name, column = given.name, "text"
     elif given.is_dir():

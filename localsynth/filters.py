@@ -7,16 +7,22 @@ a shard ran in one go or was resumed.
 
 Near duplicates: word-set Jaccard similarity with any kept text at or above a threshold. MinHash
 signatures (computed for a whole round at once in NumPy) and LSH bands find candidates; the exact
-Jaccard decides, so there are no false positives.
+Jaccard decides, so there are no false positives. The band layout follows the threshold (see
+`lsh_layout`), and every hash is a fixed function of the words' UTF-8 bytes (FNV-1a, then
+multiply-add permutations from a fixed SplitMix64 stream), so the same texts give the same keys
+on any machine and with any library version.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from localsynth.config import Filters
 
@@ -41,11 +47,83 @@ _REFUSAL = (
     r"as an ai\b|i'm unable|i am unable|i'm not able|i am not able)"
 )
 
-_BANDS, _ROWS = 6, 3  # 18 MinHash permutations; P(candidate) = 0.99 at Jaccard 0.8, 0.15 at 0.3
-_rng = np.random.default_rng(20231007)
-_A = (_rng.integers(1, 2**62, size=_BANDS * _ROWS, dtype=np.uint64) | np.uint64(1))
-_B = _rng.integers(0, 2**62, size=_BANDS * _ROWS, dtype=np.uint64)
-_MIX = _rng.integers(1, 2**62, size=_ROWS, dtype=np.uint64) | np.uint64(1)
+# LSH layout: a pair at the threshold must become a candidate with this probability at least;
+# a pair at half the threshold at most with the second (each candidate costs one exact Jaccard),
+# with at most MAX_BANDS bands (each kept text holds one bucket entry per band).
+LSH_RECALL, LSH_HALF_THRESHOLD_CANDIDATES, MAX_BANDS = 0.99, 0.25, 128
+
+
+def lsh_layout(threshold: float) -> tuple[int, int]:
+    """(bands, rows per band) for a near-duplicate threshold: the fewest rows r (then the
+    fewest bands b) whose candidate probability 1 - (1 - s^r)^b is at least LSH_RECALL at
+    s = threshold and at most LSH_HALF_THRESHOLD_CANDIDATES at s = threshold / 2.
+    0.5 -> 72 x 4, 0.6 -> 34 x 4, 0.7 -> 17 x 4, 0.8 -> 9 x 4, 0.9 -> 5 x 4, 1.0 -> 1 x 2.
+    Below about 0.45 that takes more than MAX_BANDS bands: then the most rows that fit in
+    MAX_BANDS (recall kept, more candidates: 0.3 -> 49 x 2, 0.1 -> 44 x 1, all but exhaustive)."""
+    best = None
+    for rows in range(1, 64):
+        p = threshold**rows
+        bands = 1 if p >= 1 else math.ceil(math.log(1 - LSH_RECALL) / math.log1p(-p))
+        if bands > MAX_BANDS and best is not None:  # (below Jaccard 0.035 even one row needs more)
+            break
+        best = bands, rows
+        if 1 - (1 - (threshold / 2) ** rows) ** bands <= LSH_HALF_THRESHOLD_CANDIDATES:
+            break
+    return best
+
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(seed: int, n: int) -> np.ndarray:
+    """n 64-bit values of SplitMix64 from `seed`: a fixed stream (NumPy does not promise its
+    random streams across versions)."""
+    out, state = [], seed
+    for _ in range(n):
+        state = (state + 0x9E3779B97F4A7C15) & _M64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        out.append(z ^ (z >> 31))
+    return np.array(out, dtype=np.uint64)
+
+
+@lru_cache(maxsize=16)
+def _permutations(bands: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = bands * rows
+    a = _splitmix64(20231007, n) | np.uint64(1)  # odd multipliers: bijections of the 64-bit words
+    b = _splitmix64(7, n)
+    mix = _splitmix64(42, rows) | np.uint64(1)
+    return a, b, mix
+
+
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def fnv1a_64(words: pl.Series) -> np.ndarray:
+    """64-bit FNV-1a of each string's UTF-8 bytes, vectorised over the strings (one pass per
+    byte position, over the strings that long: total work ~ total bytes)."""
+    arr = words.fill_null("").to_arrow()
+    arr = pa.concat_arrays(arr.chunks) if isinstance(arr, pa.ChunkedArray) else arr
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")  # longest first: position j touches a prefix
+    starts, lengths = starts[order], lengths[order]
+    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    active = n
+    for j in range(int(lengths[0]) if n else 0):
+        while active and lengths[active - 1] <= j:
+            active -= 1
+        h[:active] ^= data[starts[:active] + j].astype(np.uint64)
+        h[:active] *= _FNV_PRIME  # uint64 arithmetic wraps: FNV's multiplication mod 2^64
+    out = np.empty(n, dtype=np.uint64)
+    out[order] = h
+    return out
 
 
 def normalize_expr(col: pl.Expr) -> pl.Expr:
@@ -170,23 +248,28 @@ def copies_example(normalized: str, examples_normalized: Sequence[str], threshol
     return False
 
 
-def band_keys(normalized: pl.Series) -> np.ndarray:
-    """LSH band keys (rows x bands, uint64) from MinHash signatures over word sets."""
+def band_keys(normalized: pl.Series, threshold: float = 0.8) -> np.ndarray:
+    """LSH band keys (texts x bands, uint64) from MinHash signatures over word sets, laid out
+    for `threshold` (see `lsh_layout`)."""
+    bands, rows = lsh_layout(threshold)
     if normalized.len() == 0:
-        return np.zeros((0, _BANDS), dtype=np.uint64)
+        return np.zeros((0, bands), dtype=np.uint64)
+    a, b, mix = _permutations(bands, rows)
     words = normalized.fill_null("").str.split(" ")
     lengths = words.list.len().to_numpy().astype(np.int64)
-    hashed = words.explode().hash(seed=7).to_numpy()
+    hashed = fnv1a_64(words.explode())
     starts = np.concatenate((np.zeros(1, dtype=np.int64), np.cumsum(lengths)[:-1]))
-    signature = np.empty((len(lengths), _BANDS * _ROWS), dtype=np.uint64)
+    keys = np.zeros((len(lengths), bands), dtype=np.uint64)
     permuted = np.empty_like(hashed)
-    # one permutation at a time: a (tokens x 18) temporary is 12x slower (memory, not math)
-    for j in range(_BANDS * _ROWS):
-        np.multiply(hashed, _A[j], out=permuted)  # uint64 arithmetic wraps: a universal hash
-        permuted += _B[j]
-        signature[:, j] = np.minimum.reduceat(permuted, starts)
-    keys = (signature.reshape(-1, _BANDS, _ROWS) * _MIX[None, None, :]).sum(axis=2)
-    return keys + np.arange(_BANDS, dtype=np.uint64)[None, :]  # distinct key spaces per band
+    # one permutation at a time: a (tokens x permutations) temporary is 12x slower (memory, not
+    # math), and a band's key is summed as it goes, so no (texts x permutations) signature either
+    for band in range(bands):
+        for r in range(rows):
+            j = band * rows + r
+            np.multiply(hashed, a[j], out=permuted)  # uint64 arithmetic wraps: a universal hash
+            permuted += b[j]
+            keys[:, band] += np.minimum.reduceat(permuted, starts) * mix[r]
+    return keys + np.arange(bands, dtype=np.uint64)[None, :]  # distinct key spaces per band
 
 
 class DedupIndex:

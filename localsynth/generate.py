@@ -13,10 +13,10 @@ backend the same rows as an uninterrupted run.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 
 from localsynth import filters as F
 from localsynth.backends.base import Backend, ChatRequest, Completion
 from localsynth.config import GenerateConfig
-from localsynth.io import write_json_atomic, write_parquet_atomic
+from localsynth.io import stop_here_for_tests, write_json_atomic, write_parquet_atomic
 from localsynth.progress import GenerationProgress, log
 from localsynth.prompts import (
     Example,
@@ -42,12 +41,32 @@ from localsynth.prompts import (
     sample_style,
     user_turn,
 )
-from localsynth.rundir import CompletionLog, Shard, ShardPaths, check_config, prepare
+from localsynth.rundir import (
+    CompletionLog,
+    Shard,
+    ShardPaths,
+    check_config,
+    error_fix,
+    prepare,
+    replay_error,
+    shard_lock,
+)
 from localsynth.schema import ROW_SCHEMA
+from localsynth.shardrows import (
+    FAILED,
+    INVALID,
+    invalid_summary,
+    message_lists,
+    string_lists,
+    style_json,
+    summarize,
+)
 
 
 class ShardIncomplete(RuntimeError):
     """Requests failed and the quota was not met: the shard is not marked complete."""
+
+
 
 
 @dataclass
@@ -162,7 +181,8 @@ class ShardGenerator:
         effective = pl.when(cut["cut_at_sentence"]).then(pl.lit("stop")).otherwise(finish_col)
         reasons = F.stateless_reasons(cleaned.with_columns(finish_reason=effective), cfg.filters, cfg.max_words)
         normalized = cleaned.select(F.normalize_expr(pl.col("text")).alias("n"))["n"]
-        keys = F.band_keys(normalized).tolist() if cfg.filters.near_duplicate_jaccard else [()] * n
+        near = cfg.filters.near_duplicate_jaccard
+        keys = F.band_keys(normalized, near).tolist() if near else [()] * n
         example_norms = None
         if self.pool is not None:
             lists = pl.Series([[e.text for e in p.examples] for p in planned], dtype=pl.List(pl.Utf8))
@@ -175,7 +195,7 @@ class ShardGenerator:
         for i, (p, c) in enumerate(zip(planned, completions, strict=True)):
             conv = p.conversation
             if c.error is not None:
-                parse_errors[i] = f"request_failed: {c.error}"
+                parse_errors[i] = f"{FAILED if error_fix(c.error) is None else INVALID}: {c.error}"
                 conv.open = False  # no reply to build the next turn on
                 continue
             # The history holds the cleaned (and cut) text, not the raw output: a rambling
@@ -234,70 +254,6 @@ class ShardGenerator:
         return pl.DataFrame(rows, schema=ROW_SCHEMA)
 
 
-def style_json(planned: list[Planned], attributes: dict[str, list[str]]) -> pl.Series:
-    """Each row's style attributes as a JSON object, encoded column-wise by Polars."""
-    if not attributes:
-        return pl.Series(["{}"] * len(planned), dtype=pl.Utf8)
-    columns = pl.DataFrame({name: [p.style[name] for p in planned] for name in attributes}, schema=dict.fromkeys(attributes, pl.Utf8))
-    return columns.select(pl.struct(pl.all()).struct.json_encode())[:, 0]
-
-
-def _offsets(lists: list[list]) -> pa.Array:
-    return pa.array(list(itertools.accumulate((len(x) for x in lists), initial=0)), type=pa.int32())
-
-
-def string_lists(lists: list[list[str]]) -> pl.Series:
-    """A List(Utf8) column built through Arrow: polars' per-row conversion of nested Python
-    values costs ~100x more (measured in bench/bench_pipeline.py)."""
-    flat = pa.array([s for x in lists for s in x], type=pa.large_utf8())
-    return pl.Series(pa.LargeListArray.from_arrays(_offsets(lists).cast(pa.int64()), flat))
-
-
-def message_lists(lists: list[list[dict[str, str]]]) -> pl.Series:
-    """A List(Struct{role, content}) column, built through Arrow for the same reason."""
-    roles = pa.array([m["role"] for x in lists for m in x], type=pa.large_utf8())
-    contents = pa.array([m["content"] for x in lists for m in x], type=pa.large_utf8())
-    structs = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
-    return pl.Series(pa.LargeListArray.from_arrays(_offsets(lists).cast(pa.int64()), structs))
-
-
-def summarize(df: pl.DataFrame, gen: ShardGenerator, seconds: float, from_log: int, cfg: GenerateConfig) -> dict[str, Any]:
-    dropped = Counter()
-    for reason in df["parse_error"].drop_nulls().to_list():
-        dropped[reason.split(":")[0]] += 1
-    dropped.update(df["filter_reason"].drop_nulls().to_list())
-    prompt = int(df["prompt_tokens"].sum() or 0)
-    completion = int(df["completion_tokens"].sum() or 0)
-    kept = {label: gen.kept[label] for label in cfg.labels}
-    shortfall = {label: gen.targets[label] - kept[label] for label in cfg.labels if kept[label] < gen.targets[label]}
-    stats = {
-        "shard": str(gen.shard),
-        "task": cfg.task.name,
-        "mode": cfg.mode,
-        "backend": cfg.generator.backend,
-        "requests": df.height,
-        "requests_from_log": from_log,
-        "kept": sum(kept.values()),
-        "target_per_label": gen.targets,
-        "kept_per_label": kept,
-        "shortfall_per_label": shortfall,
-        "dropped": dict(sorted(dropped.items())),
-        "rounds": gen.rounds,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "seconds": round(seconds, 3),
-        "tokens_per_s": round(completion / seconds, 2) if seconds > 0 else None,
-        "samples_per_s": round((df.height - from_log) / seconds, 2) if seconds > 0 else None,
-    }
-    price = cfg.generator.pricing
-    priced = price.input_per_million is not None or price.output_per_million is not None
-    if priced and cfg.generator.backend == "openai":  # local engines cost compute time, not token prices
-        stats["cost_usd"] = round(
-            prompt / 1e6 * (price.input_per_million or 0) + completion / 1e6 * (price.output_per_million or 0), 6
-        )
-    return stats
-
-
 @contextmanager
 def _finally_flush(completion_log: CompletionLog, progress: GenerationProgress, backend: Backend, loaded):
     finished = False
@@ -305,7 +261,7 @@ def _finally_flush(completion_log: CompletionLog, progress: GenerationProgress, 
         yield
         finished = True
     finally:
-        completion_log.flush()  # keep every finished request, whatever stopped us
+        completion_log.close()  # keep every finished request, whatever stopped us
         progress.close(final_line=finished)
         if loaded():
             backend.close()
@@ -337,17 +293,28 @@ def run_generate(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     paths = ShardPaths(run_dir, shard)
     check_config(paths, cfg.model_dump(mode="json"))
-    if paths.done.is_file():
+    if paths.done.is_file() and not paths.log_dir.exists():  # a finished shard writes nothing
         log(f"shard {shard} of {run_dir} is already complete; nothing to do")
         return json.loads(paths.stats.read_text(encoding="utf-8"))
     pool = load_pool(cfg)  # bad data is a user error: found before anything is written
-    prepare(paths, cfg.model_dump(mode="json"))
+    with shard_lock(paths):
+        if paths.done.is_file():  # finished by the holder we waited for, or killed before the log's removal
+            shutil.rmtree(paths.log_dir, ignore_errors=True)
+            log(f"shard {shard} of {run_dir} is already complete; nothing to do")
+            return json.loads(paths.stats.read_text(encoding="utf-8"))
+        return _generate_locked(cfg, shard, paths, pool, backend)
 
+
+def _generate_locked(
+    cfg: GenerateConfig, shard: Shard, paths: ShardPaths, pool: dict[str, list[str]] | None, backend: Backend | None
+) -> dict[str, Any]:
+    prepare(paths, cfg.model_dump(mode="json"))
     if backend is None:
         from localsynth.backends import make_backend
 
         backend = make_backend(cfg.generator)
-    completion_log = CompletionLog(paths.log_dir, cfg.flush_every_s)
+    max_model_len = cfg.generator.vllm.max_model_len if cfg.generator.backend == "vllm" else None
+    completion_log = CompletionLog(paths.log_dir, cfg.flush_every_s, lambda error: replay_error(error, max_model_len))
     gen = ShardGenerator(cfg, shard, pool)
     total = sum(gen.targets.values())
     progress = GenerationProgress(total, f"{cfg.task.name} {cfg.mode} shard {shard}", cfg.progress, cfg.log_every_s)
@@ -372,6 +339,7 @@ def run_generate(
                         completions[todo[pos]] = completion
                         entries.append((subset[pos].id, completion))
                     completion_log.add(entries)
+                    stop_here_for_tests("after-log-chunk")
                     progress.update(requests=len(chunk), tokens=sum(c.completion_tokens or 0 for _, c in chunk))
                 completion_log.flush()
             before = sum(gen.kept.values())
@@ -382,13 +350,15 @@ def run_generate(
     stats = summarize(rows, gen, time.monotonic() - start - load_seconds, from_log, cfg)
     stats["load_seconds"] = round(load_seconds, 3)
     stats["gpus"] = getattr(backend, "gpus", 0)
-    failed = rows.filter(pl.col("parse_error").str.starts_with("request_failed")).height
+    failed = rows.filter(pl.col("parse_error").str.starts_with(f"{FAILED}:")).height
+    invalid = invalid_summary(rows)
     if failed and stats["shortfall_per_label"]:
-        # Not complete: the failed requests are asked again when the same command is rerun.
+        # Not complete: the failed requests are asked again when the same command is rerun
+        # (the invalid ones are not: they would fail the same way).
         write_json_atomic(paths.stats, stats)
         raise ShardIncomplete(
             f"shard {shard}: {failed} requests failed and the quota is short by {stats['shortfall_per_label']}; the finished requests are saved in "
-            f"{paths.log_dir}: rerun the same command to retry the failed ones"
+            f"{paths.log_dir}: rerun the same command to retry the failed ones" + (f". Besides, {invalid}" if invalid else "")
         )
     empty = [label for label in cfg.labels if gen.targets[label] and not gen.kept[label]]
     if empty:
@@ -396,13 +366,17 @@ def run_generate(
         write_json_atomic(paths.stats, stats)
         raise ShardIncomplete(
             f"shard {shard}: no text was kept for {', '.join(empty)} after {cfg.quota.max_topup_rounds} top-up "
-            f"rounds (dropped: {stats['dropped']}); read the raw outputs in {paths.log_dir}, then loosen the "
-            f"filters, fix the prompts or use a stronger generator.model, and rerun"
+            f"rounds (dropped: {stats['dropped']}); "
+            + (invalid if invalid else f"read the raw outputs in {paths.log_dir}, then loosen the filters, fix the "
+               f"prompts or use a stronger generator.model (in a new --run-dir: they are fixed per run directory)")
         )
     write_parquet_atomic(rows, paths.rows)
     write_json_atomic(paths.stats, stats)
     write_json_atomic(paths.done, {"rows": rows.height, "kept": stats["kept"], "shard": str(shard)})
+    stop_here_for_tests("after-done")
     completion_log.remove()
+    if invalid:
+        log(f"warning: shard {shard}: {invalid}")
     if stats["shortfall_per_label"]:
         log(f"warning: shortfall after {cfg.quota.max_topup_rounds} top-up rounds: {stats['shortfall_per_label']}")
     return stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,41 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def stop_here_for_tests(point: str) -> None:
+    """Crash-window tests: LOCALSYNTH_KILL_AT=<point> kills the process at that point, as a
+    kill -9 or a node failure would; LOCALSYNTH_PAUSE_AT=<point> waits there until the file
+    named by LOCALSYNTH_PAUSE_UNTIL exists (at most 10 minutes), so a test can act while the
+    process stands at that point."""
+    if os.environ.get("LOCALSYNTH_KILL_AT") == point:
+        os._exit(137)
+    if os.environ.get("LOCALSYNTH_PAUSE_AT") == point:
+        release = Path(os.environ.get("LOCALSYNTH_PAUSE_UNTIL", ""))
+        deadline = time.monotonic() + 600
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable: POSIX keeps a directory entry in memory
+    until the directory itself is fsynced, so a power loss after os.replace could otherwise
+    bring back the old file (or none). File systems that cannot fsync a directory are skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # EINVAL on some network and FUSE file systems: nothing more to do there
+        pass
+    finally:
+        os.close(fd)
+
+
 def _commit(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as fh:  # flush to disk so a crash cannot leave an empty "complete" file
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)  # and the rename itself
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -59,6 +59,9 @@ class TrainSource(Strict):
         "None: all rows of this source, added outside the mix.",
     )
     max_rows: int | None = Field(default=None, ge=1, description="Use at most this many rows of this source.")
+    allow_partial: bool = Field(
+        default=False, description="run_dir only: train on the finished shards of an unfinished run (else refused)."
+    )
     max_rows_per_label: int | None = Field(
         default=None, ge=1, description="Use at most this many rows of each label (a stratified sample)."
     )

@@ -174,8 +174,8 @@ def write_texts(path, texts, column="text"):
 def write_run_dir(root, texts, kept):
     shards = root / "shards"
     shards.mkdir(parents=True)
-    pl.DataFrame({"text": texts, "kept": kept, "label": ["x"] * len(texts)}).write_parquet(shards / "0-of-1.parquet")
-    (shards / "0-of-1.done").write_text("{}")
+    pl.DataFrame({"text": texts, "kept": kept, "label": ["x"] * len(texts)}).write_parquet(shards / "00000-of-00001.parquet")
+    (shards / "00000-of-00001.done").write_text("{}")
     return root
 
 

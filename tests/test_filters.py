@@ -1,6 +1,7 @@
 import itertools
 
 import polars as pl
+import pytest
 
 from localsynth import filters as F
 from localsynth.config import Filters
@@ -120,3 +121,67 @@ def test_copies_example():
     assert F.copies_example("hey call now to win a prize ok", examples, 0.7)  # contains an example
     assert F.copies_example("see you at the pub tonight mate", examples, 0.7)
     assert not F.copies_example("the meeting is at noon", examples, 0.7)
+
+
+def _pairs_at(jaccard: float, n: int, union: int = 40, offset: int = 0) -> tuple[list[str], list[str]]:
+    """n pairs of texts whose word sets have exactly this Jaccard similarity (shared / union
+    words), each pair on its own vocabulary (no two pairs share a word)."""
+    shared = round(jaccard * union)
+    assert abs(shared / union - jaccard) < 1e-9
+    own_a = (union - shared) // 2
+    firsts, seconds = [], []
+    for p in range(n):
+        words = [f"p{offset + p}w{i}" for i in range(union)]
+        common, rest = words[:shared], words[shared:]
+        firsts.append(" ".join(common + rest[:own_a]))
+        seconds.append(" ".join(rest[own_a:] + common[::-1]))  # another order: sets, not sequences
+    return firsts, seconds
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.6, 0.7, 0.8, 0.9])
+def test_near_duplicate_recall_at_the_threshold(threshold):
+    """Pairs exactly at the threshold are found (recall >= 0.98: the layout promises 0.99), and
+    pairs just below it never are (the exact Jaccard decides)."""
+    n = 500
+    firsts, seconds = _pairs_at(threshold, n)
+    below_a, below_b = _pairs_at(threshold - 0.025, n, offset=n)
+    texts = firsts + below_a
+    keys = F.band_keys(_norm(texts), threshold).tolist()
+    index = F.DedupIndex(near_threshold=threshold)
+    for text, k in zip(texts, keys):
+        assert index.check(text, k, exact=True) is None  # no two of these are alike
+        index.add(text, k)
+    found = [index.check(t, k, exact=True) for t, k in zip(seconds, F.band_keys(_norm(seconds), threshold).tolist())]
+    assert found.count("near_duplicate") / n >= 0.98
+    assert set(found) <= {"near_duplicate", None}
+    below = [index.check(t, k, exact=True) for t, k in zip(below_b, F.band_keys(_norm(below_b), threshold).tolist())]
+    assert below == [None] * n  # zero false positives
+
+
+def test_lsh_layout_meets_its_promise():
+    for threshold in (0.5, 0.6, 0.7, 0.8, 0.9):
+        bands, rows = F.lsh_layout(threshold)
+        assert 1 - (1 - threshold**rows) ** bands >= F.LSH_RECALL
+        assert 1 - (1 - (threshold / 2) ** rows) ** bands <= F.LSH_HALF_THRESHOLD_CANDIDATES
+        assert bands <= F.MAX_BANDS
+
+
+def test_band_keys_are_a_fixed_function_of_the_words():
+    """The keys come from FNV-1a of the UTF-8 bytes and a fixed SplitMix64 stream, never from a
+    library's hash (polars' .hash is not promised stable across versions): pinned values."""
+
+    def fnv(text: str) -> int:
+        h = 0xCBF29CE484222325
+        for byte in text.encode():
+            h = ((h ^ byte) * 0x100000001B3) % 2**64
+        return h
+
+    words = pl.Series(["", "a", "héllo", "x" * 70, "prize", "call"])
+    assert F.fnv1a_64(words[1:]).tolist() == [fnv(w) for w in words[1:]]  # a slice: the Arrow offset
+    assert F.fnv1a_64(words).tolist() == [fnv(w) for w in words]
+    keys = F.band_keys(_norm(["Win a FREE prize, call now", ""]), 0.8)
+    assert keys.shape == (2, 9)
+    assert keys[0, :3].tolist() == PINNED_KEYS
+
+
+PINNED_KEYS = [16707605114925659160, 16179972468296049096, 7836158631431312912]

@@ -16,8 +16,8 @@ from conftest import REPO, generate_config, run_cli, write_yaml
 from localsynth.backends.base import Completion
 from localsynth.config import GenerateConfig, load_generate_config
 from localsynth.errors import UserError
-from localsynth.generate import run_generate
-from localsynth.rundir import Shard, ShardPaths
+from localsynth.generate import ShardIncomplete, run_generate
+from localsynth.rundir import CompletionLog, Shard, ShardPaths
 from localsynth.schema import validate_rows
 
 
@@ -108,7 +108,8 @@ class RepeatingBackend:
 
     def generate(self, requests, sampling):
         self.calls += 1
-        yield [(i, Completion(self.text, "stop", 10, 5)) for i in range(len(requests))]
+        # "{label}" in the text: the same answer per label (every label keeps one row)
+        yield [(i, Completion(self.text.format(label=r.id.split("/")[1]), "stop", 10, 5)) for i, r in enumerate(requests)]
 
     def close(self):
         pass
@@ -116,12 +117,12 @@ class RepeatingBackend:
 
 def test_quota_tops_up_then_reports_the_shortfall(tmp_path):
     cfg = load(tmp_path, None, quota={"per_label": 4, "max_topup_rounds": 2})
-    backend = RepeatingBackend()
+    backend = RepeatingBackend("the very same {label} text every time")
     stats = run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=backend)
-    # one text is kept in total (later copies are duplicates, across labels too)
-    assert stats["kept"] == 1
-    assert stats["shortfall_per_label"] == {"ham": 3, "spam": 4}
-    assert stats["dropped"]["duplicate"] == stats["requests"] - 1
+    # one text per label is kept (later copies are duplicates)
+    assert stats["kept"] == 2
+    assert stats["shortfall_per_label"] == {"ham": 3, "spam": 3}
+    assert stats["dropped"]["duplicate"] == stats["requests"] - 2
     df = pl.read_parquet(ShardPaths(tmp_path / "run", Shard(0, 1)).rows)
     # initial pass + 2 top-ups per label, each a fresh set of conversations
     assert df["conversation"].n_unique() > 2
@@ -129,8 +130,13 @@ def test_quota_tops_up_then_reports_the_shortfall(tmp_path):
 
 def test_refusals_and_bad_outputs_are_rows_not_crashes(tmp_path):
     cfg = load(tmp_path, None, quota={"per_label": 2, "max_topup_rounds": 0})
-    stats = run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=RepeatingBackend("I'm sorry, but I cannot write that."))
+    run = tmp_path / "run"
+    with pytest.raises(ShardIncomplete, match="no text was kept for ham, spam"):
+        run_generate(cfg, Shard(0, 1), run, backend=RepeatingBackend("I'm sorry, but I cannot write that."))
+    paths = ShardPaths(run, Shard(0, 1))
+    stats = json.loads(paths.stats.read_text())  # the reasons are on disk, as rows would be
     assert stats["kept"] == 0 and stats["dropped"] == {"refusal": stats["requests"]}
+    assert not paths.done.exists() and not paths.rows.exists()  # nothing complete-looking
 
 
 def test_resume_refuses_a_changed_config(tmp_path, tiny_llama):
@@ -169,7 +175,7 @@ def _rows(run_dir):
 def test_kill_9_then_resume_gives_the_same_rows(tmp_path, tiny_llama, cli_env):
     """Deterministic backend (hf on CPU): a shard killed mid-way and resumed ends with exactly
     the rows of an uninterrupted run."""
-    common = dict(quota={"per_label": 16}, flush_every_s=0)
+    common = dict(quota={"per_label": 16})
     cfg = generate_config(tmp_path, tiny_llama, **common)
     cfg["generator"]["hf"] = {"batch_size": 2, "device": "cpu"}
     cfg["generator"]["sampling"]["max_tokens"] = 48
@@ -182,7 +188,7 @@ def test_kill_9_then_resume_gives_the_same_rows(tmp_path, tiny_llama, cli_env):
     )
     log_dir = ShardPaths(tmp_path / "run", Shard(0, 1)).log_dir
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(log_dir.glob("part-*.parquet"))) < 5:
+    while time.monotonic() < deadline and len(CompletionLog(log_dir, 0).cached) < 10:  # 5 batches of 2
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -228,3 +234,224 @@ def test_failed_requests_leave_the_shard_incomplete_and_are_retried(tmp_path):
     stats = run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=backend)
     assert backend.calls >= 1 and stats["requests_from_log"] == 0  # failures are asked again, not replayed
     assert stats["kept_per_label"] == {"ham": 2, "spam": 2} and paths.done.is_file()
+
+
+# ----------------------------------------------------------------------------- permanent failures
+
+
+class ContextLimitBackend(RepeatingBackend):
+    """Fault injection: an engine whose context holds only first turns (later turns carry the
+    history: vLLM's prompt_too_long), and optionally a server error for one label."""
+
+    def __init__(self, limit=64, down_for=None):
+        super().__init__()
+        self.limit, self.down_for, self.asked = limit, down_for, []
+
+    def generate(self, requests, sampling):
+        out = []
+        for i, r in enumerate(requests):
+            self.asked.append(r.id)
+            tokens = 50 + 50 * int(r.id.rsplit("/t", 1)[1])  # the history grows the prompt
+            if self.down_for and f"/{self.down_for}/" in r.id:
+                out.append((i, Completion(None, None, error="InternalServerError 500: busy")))
+            elif tokens >= self.limit:
+                out.append((i, Completion(None, None, tokens, None, error=f"prompt_too_long: {tokens} tokens, max_model_len is {self.limit}")))
+            else:
+                out.append((i, Completion(f"distinct text number {r.seed} here", "stop", tokens, 3)))
+        yield out
+
+
+def test_permanent_failures_finish_the_shard_and_are_not_asked_again(tmp_path):
+    """prompt_too_long can never succeed with the same settings: it is a row (request_invalid)
+    that lets the shard finish, with a message naming the setting to change, and a rerun does not
+    ask it again; raising generator.vllm.max_model_len on resume is allowed and asks again
+    exactly the requests it now fits. Retryable failures are still asked again."""
+    from localsynth.generate import ShardIncomplete
+
+    extra = dict(quota={"per_label": 4, "max_topup_rounds": 1}, filters={"near_duplicate_jaccard": None})
+    cfg = load(tmp_path, None, **extra)
+    cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"backend": "vllm"})})
+    with_limit = cfg.generator.vllm.model_copy(update={"max_model_len": 64})
+    cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"vllm": with_limit})})
+
+    # only permanent failures and a shortfall: complete, not "rerun the same command" forever
+    stats = run_generate(cfg, Shard(0, 1), tmp_path / "a", backend=ContextLimitBackend())
+    paths = ShardPaths(tmp_path / "a", Shard(0, 1))
+    assert paths.done.is_file() and stats["shortfall_per_label"] and stats["dropped"]["request_invalid"] > 0
+    rows = pl.read_parquet(paths.rows)
+    invalid = rows.filter(pl.col("parse_error").str.starts_with("request_invalid: prompt_too_long"))
+    assert invalid.height == stats["dropped"]["request_invalid"] and (invalid["turn"] >= 1).all()
+
+    # a retryable failure (spam is down) leaves the shard unfinished, and says what to change too
+    backend = ContextLimitBackend(down_for="spam")
+    with pytest.raises(ShardIncomplete, match="rerun the same command") as failed:
+        run_generate(cfg, Shard(0, 1), tmp_path / "b", backend=backend)
+    assert "max_model_len" in str(failed.value)
+    too_long = {i for i in backend.asked if "/ham/" in i and not i.endswith("/t0")}
+    assert too_long
+
+    backend = ContextLimitBackend(down_for="spam")  # the same settings again
+    with pytest.raises(ShardIncomplete):
+        run_generate(cfg, Shard(0, 1), tmp_path / "b", backend=backend)
+    assert backend.asked and all("/spam/" in i for i in backend.asked)  # the server error only
+
+    # max_model_len (and engine sizing) may change on resume: the prompts it now fits are asked again
+    vllm = cfg.generator.vllm.model_copy(update={"max_model_len": 4096, "max_num_seqs": 8, "cpu_kv_cache_gib": 1.0})
+    raised = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"vllm": vllm})})
+    backend = ContextLimitBackend(limit=4096)
+    stats = run_generate(raised, Shard(0, 1), tmp_path / "b", backend=backend)
+    # (the top-up conversations of the earlier attempts are not needed now: the quota fills first)
+    assert "sms_spam/ham/c0/t1" in too_long and "sms_spam/ham/c0/t1" in backend.asked
+    assert not any("/ham/" in i and i.endswith("/t0") for i in backend.asked)  # replayed from the log
+    assert ShardPaths(tmp_path / "b", Shard(0, 1)).done.is_file() and stats["kept_per_label"] == {"ham": 4, "spam": 4}
+
+
+def test_settings_that_decide_the_rows_still_refuse_a_resume(tmp_path):
+    from localsynth.generate import ShardIncomplete
+
+    cfg = load(tmp_path, None, quota={"per_label": 2})
+    with pytest.raises(ShardIncomplete):
+        run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
+    hf = cfg.generator.hf.model_copy(update={"batch_size": 3})  # picks each request's random stream
+    changed = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"hf": hf})})
+    with pytest.raises(UserError, match="generator.hf.batch_size"):
+        run_generate(changed, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
+
+
+@pytest.mark.parametrize(("error", "permanent"), [
+    ("prompt_too_long: 900 tokens, max_model_len is 512", True),  # backends/vllm.py
+    ("rejected: ValueError: top_p must be in (0, 1]", True),
+    ("no output from vLLM", False),
+    ("BadRequestError 400: maximum context length is 4096 tokens", True),  # backends/openai.py
+    ("UnprocessableEntityError 422: bad field", True),
+    ("missing choice (server ignored n)", True),
+    ("RateLimitError 429: slow down", False),
+    ("InternalServerError 500", False),
+    ("APITimeoutError: Request timed out.", False),
+    ("APIConnectionError: Connection error.", False),
+])
+def test_errors_are_classified(error, permanent):
+    from localsynth.rundir import error_fix
+
+    assert (error_fix(error) is not None) == permanent
+
+
+# ----------------------------------------------------------------------------- crash windows
+
+
+def _cli_generate(cfg_path, env, **extra_env):
+    return subprocess.run(
+        [sys.executable, "-m", "localsynth", "generate", str(cfg_path)], cwd=REPO, env={**env, **extra_env},
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_a_kill_right_after_a_chunk_loses_none_of_it(tmp_path, tiny_llama, cli_env):
+    """With the default settings, a chunk of completions is in the log when the next one is
+    asked for: a kill at that point loses none of it."""
+    cfg = generate_config(tmp_path, tiny_llama)
+    cfg["generator"]["hf"] = {"batch_size": 2, "device": "cpu"}
+    path = write_yaml(tmp_path / "gen.yaml", cfg)
+    killed = _cli_generate(path, cli_env, LOCALSYNTH_KILL_AT="after-log-chunk")
+    assert killed.returncode == 137, killed.stderr
+    paths = ShardPaths(tmp_path / "run", Shard(0, 1))
+    assert len(CompletionLog(paths.log_dir, 0).cached) == 2  # the first chunk: one batch of 2
+    resumed = _cli_generate(path, cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming shard 0/1: 2 finished requests" in resumed.stderr
+
+
+def test_a_kill_between_the_marker_and_the_log_removal(tmp_path, tiny_llama, cli_env):
+    """The .done marker alone says finished: training and experiments take the shard as
+    finished, and the next generate removes the leftover log."""
+    from localsynth.experiment import GenerationRun, run_is_done
+    from localsynth.traindata import finished_shards
+
+    path = write_yaml(tmp_path / "gen.yaml", generate_config(tmp_path, tiny_llama))
+    killed = _cli_generate(path, cli_env, LOCALSYNTH_KILL_AT="after-done")
+    assert killed.returncode == 137, killed.stderr
+    paths = ShardPaths(tmp_path / "run", Shard(0, 1))
+    assert paths.done.is_file() and paths.log_dir.is_dir()
+    assert finished_shards(tmp_path / "run", "train[0]", allow_partial=False) == [paths.rows]
+    assert run_is_done(GenerationRun("g", "sms_spam", "zero-shot", str(path), str(tmp_path / "run"), 1))
+    again = _cli_generate(path, cli_env)
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stderr and not paths.log_dir.exists()
+    assert pl.read_parquet(paths.rows).filter("kept").height == 12
+
+
+def test_an_atomic_write_fsyncs_the_folder_after_the_rename(tmp_path):
+    """A rename is durable only once its folder is fsynced; traced with strace (a kill cannot
+    show this window: only a power loss or a node crash can)."""
+    import shutil
+
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    trace = tmp_path / "trace.txt"
+    target = tmp_path / "out" / "file.json"
+    code = f"from pathlib import Path; from localsynth.io import write_json_atomic; write_json_atomic(Path({str(target)!r}), 1)"
+    done = subprocess.run(["strace", "-f", "-e", "trace=openat,rename,renameat,renameat2,fsync", "-o", str(trace),
+                           sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0, done.stderr
+    lines = trace.read_text().splitlines()
+    renamed = next(i for i, line in enumerate(lines) if "rename" in line and str(target) in line)
+    opened = [line.rsplit("= ", 1)[1] for line in lines[renamed:] if f'"{target.parent}", O_RDONLY' in line]
+    assert opened and any(f"fsync({opened[0]})" in line for line in lines[renamed:])
+
+
+def test_a_second_process_on_a_shard_stops_at_once_naming_the_first(tmp_path, tiny_llama, cli_env):
+    """Two real processes on one shard: the second exits 2 naming the first's PID, and the first
+    finishes with the rows of an undisturbed run."""
+    cfg = generate_config(tmp_path, tiny_llama)
+    cfg["generator"]["hf"] = {"batch_size": 2, "device": "cpu"}
+    path = write_yaml(tmp_path / "gen.yaml", cfg)
+    release = tmp_path / "release"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "localsynth", "generate", str(path)], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**cli_env, "LOCALSYNTH_PAUSE_AT": "after-log-chunk", "LOCALSYNTH_PAUSE_UNTIL": str(release)},
+    )
+    try:
+        paths = ShardPaths(tmp_path / "run", Shard(0, 1))
+        deadline = time.monotonic() + 300
+        while not list(paths.log_dir.glob("part-*")) and time.monotonic() < deadline:
+            assert first.poll() is None, first.communicate()[1]
+            time.sleep(0.05)
+        second = _cli_generate(path, cli_env)
+        assert second.returncode == 2, second.stderr
+        assert f"PID {first.pid}" in second.stderr and "another process" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        release.touch()
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    assert paths.done.is_file() and not paths.holder.exists()
+    reference = write_yaml(tmp_path / "ref.yaml", {**cfg, "run_dir": str(tmp_path / "ref")})
+    assert _cli_generate(reference, cli_env).returncode == 0
+    assert _rows(tmp_path / "run").equals(_rows(tmp_path / "ref"))
+
+
+def test_a_log_cut_anywhere_by_a_kill_keeps_its_whole_chunks(tmp_path):
+    """A kill can stop the log mid-write: reading it back keeps every chunk written whole before
+    the cut and drops the cut one, wherever the cut falls."""
+    log = CompletionLog(tmp_path / "log", 0)
+    sizes = []
+    for chunk in range(3):
+        log.add([(f"r{chunk}-{i}", Completion(f"text {chunk} {i}", "stop", 3, 4)) for i in range(2)])
+        sizes.append((tmp_path / "log" / "part-000000.arrows").stat().st_size)
+    log.close()
+    data = (tmp_path / "log" / "part-000000.arrows").read_bytes()
+    for cut in range(len(data) + 1):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        (folder / "part-000000.arrows").write_bytes(data[:cut])
+        cached = CompletionLog(folder, 0).cached
+        whole = sum(size <= cut for size in sizes)
+        assert sorted(cached) == sorted(f"r{c}-{i}" for c in range(whole) for i in range(2)), cut
+    assert CompletionLog(tmp_path / "log", 0).cached["r2-1"] == Completion("text 2 1", "stop", 3, 4)
+    resumed = CompletionLog(tmp_path / "log", 0)  # a later attempt appends to a part of its own
+    resumed.add([("r3-0", Completion("x", "stop", 1, 1))])
+    resumed.close()
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["part-000000.arrows", "part-000001.arrows"]

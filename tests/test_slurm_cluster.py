@@ -131,7 +131,7 @@ def test_preempted_shards_requeue_and_resume(slurm_cluster, tiny_llama, tmp_path
     array = ids["ls-gen-sms_spam-zero-shot"]
     logs = tmp_path / "run" / "shards"
     for task in (0, 1):  # mid-generation: some requests logged, the shard not finished
-        wait_for(lambda t=task: list(logs.glob(f"0000{t}-of-00002.log/part-*.parquet")), 240, f"shard {task} to log requests", 0.1)
+        wait_for(lambda t=task: list(logs.glob(f"0000{t}-of-00002.log/part-*")), 240, f"shard {task} to log requests", 0.1)
         if task == 0:
             subprocess.run(["scancel", "--signal=USR1", "--batch", f"{array}_0"], check=True, timeout=30)
         else:

@@ -11,6 +11,8 @@ from conftest import run_cli
 from test_cli_errors import assert_user_error
 from tiny_encoders import build_tiny_bert
 
+from localsynth.errors import UserError
+
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory) -> Path:
@@ -118,3 +120,67 @@ def test_unknown_training_key(tmp_path, bert, cli_env):
     rows().write_parquet(tmp_path / "ok.parquet")
     result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.learnig_rate=1e-4", env=cli_env)
     assert_user_error(result, "training.learnig_rate", "learning_rate")
+
+
+def _shard(run_dir: Path, index: int, count: int, done: bool = True, label_offset: int = 0) -> pl.DataFrame:
+    """One shard of a generation run as generate leaves it: rows, and the marker when finished."""
+    shards = run_dir / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    name = f"{index:05d}-of-{count:05d}"
+    df = pl.DataFrame({"text": [f"shard {index} text {i} of {count}" for i in range(6)],
+                       "label": ["ham", "spam"] * 3, "kept": [True] * 5 + [False]})
+    df.write_parquet(shards / f"{name}.parquet")
+    if done:
+        (shards / f"{name}.done").write_text("{}", encoding="utf-8")
+    return df
+
+
+def test_partial_generation_run_is_refused_naming_the_missing_shards(tmp_path, bert, cli_env):
+    _shard(tmp_path / "gen", 0, 4)
+    _shard(tmp_path / "gen", 2, 4, done=False)  # killed mid-way: rows of a previous attempt, no marker
+    result = run_cli("train", "--model", str(bert), "--synthetic", str(tmp_path / "gen"), "--out",
+                     str(tmp_path / "out"), env=cli_env)
+    assert_user_error(result, "3 of 4 shards unfinished", "1/4, 2/4, 3/4", "--shard INDEX/4", "--allow-partial")
+    assert_nothing_finished(tmp_path)
+
+
+def test_partial_generation_run_on_request_reads_only_finished_shards(tmp_path):
+    from localsynth.trainconfig import TrainSource
+    from localsynth.traindata import allow_partial_runs, read_synthetic
+
+    finished = _shard(tmp_path / "gen", 0, 4)
+    _shard(tmp_path / "gen", 2, 4, done=False)
+    (tmp_path / "gen" / "shards" / "00000-of-00004.log").mkdir()  # a leftover beside a marker: finished
+    source = TrainSource(run_dir=str(tmp_path / "gen"))
+    with pytest.raises(UserError, match="unfinished"):
+        read_synthetic(source, "train[0]")
+    token = allow_partial_runs.set(True)  # what --allow-partial sets
+    try:
+        rows = read_synthetic(source, "train[0]")
+    finally:
+        allow_partial_runs.reset(token)
+    assert rows.sort("text").equals(finished.filter("kept").select("text", "label").sort("text"))
+
+
+def test_mixed_shard_counts_are_refused(tmp_path, bert, cli_env):
+    _shard(tmp_path / "gen", 0, 1)
+    _shard(tmp_path / "gen", 0, 2)
+    _shard(tmp_path / "gen", 1, 2)
+    result = run_cli("train", "--model", str(bert), "--synthetic", str(tmp_path / "gen"), "--allow-partial",
+                     "--out", str(tmp_path / "out"), env=cli_env)
+    assert_user_error(result, "different shard counts", "1 (1 shard(s) present)", "2 (2 shard(s) present)", "duplicated")
+    assert_nothing_finished(tmp_path)
+
+
+def test_allow_partial_flag_trains_on_the_finished_shards(tmp_path, bert, cli_env):
+    """--allow-partial gets past the check: this run's one finished shard has a single class, the
+    next problem training finds, so the flag's rows were read."""
+    shards = tmp_path / "gen" / "shards"
+    shards.mkdir(parents=True)
+    pl.DataFrame({"text": ["a text", "another text"], "label": ["ham", "ham"], "kept": [True, True]}).write_parquet(
+        shards / "00000-of-00002.parquet")
+    (shards / "00000-of-00002.done").write_text("{}", encoding="utf-8")
+    result = run_cli("train", "--model", str(bert), "--synthetic", str(tmp_path / "gen"), "--allow-partial",
+                     "--out", str(tmp_path / "out"), env=cli_env)
+    assert_user_error(result, "single class", "ham")
+    assert "training on 1 of 2 shards" in result.stderr

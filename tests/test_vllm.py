@@ -148,7 +148,7 @@ def check_shard(run_dir: Path, backend: str) -> tuple[pl.DataFrame, dict]:
             previous = by_key[(label, conversation, turn - 1)]
             assert row["messages"][-2] == {
                 "role": "assistant",
-                "content": previous["raw_output"] or "",
+                "content": previous["text"] or "",  # the cleaned reply, not the raw output
             }
     return df, stats
 
@@ -170,7 +170,7 @@ def kill_mid_shard(cfg_path: Path, env: dict[str, str]) -> pl.DataFrame:
         )
     try:
         deadline = time.monotonic() + 400
-        while not list(paths.log_dir.glob("part-*.parquet")):
+        while not logged_rows(paths.log_dir):
             if proc.poll() is not None:
                 pytest.fail(
                     f"exit {proc.returncode} before any completion was logged:\n{output.read_text()[-4000:]}"
@@ -186,8 +186,15 @@ def kill_mid_shard(cfg_path: Path, env: dict[str, str]) -> pl.DataFrame:
         proc.wait()
     assert not paths.done.exists() and not paths.rows.exists(), "the shard finished before the kill"
     assert proc.returncode == -signal.SIGKILL
-    parts = sorted(paths.log_dir.glob("part-*.parquet"))
-    return pl.concat([pl.read_parquet(p) for p in parts])
+    return pl.DataFrame(logged_rows(paths.log_dir))
+
+
+def logged_rows(log_dir: Path) -> list[dict]:
+    """The whole record batches in a shard's completion log (a batch cut by the kill is not one)."""
+    from localsynth.rundir import read_log_part
+
+    parts = sorted(log_dir.glob("part-*")) if log_dir.is_dir() else []
+    return [row for part in parts for row in read_log_part(part)]
 
 
 def resume_and_check(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localsynth.errors import UserError
+from localsynth.io import stop_here_for_tests as _stop_here_for_tests
 
 TINY_RANDOM = "tiny-random"
 DEFAULT_MODEL = "smollm2-135m-instruct"  # what generator.model None means on hf and vllm
@@ -209,13 +210,6 @@ def dequantize_gguf(path: Path, out: Path, key: str) -> None:
     plain.generation_config = model.generation_config
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def _stop_here_for_tests(point: str) -> None:
-    """Crash-window tests: LOCALSYNTH_KILL_AT=<point> kills the process at that point, as a
-    kill -9 or a node failure would."""
-    if os.environ.get("LOCALSYNTH_KILL_AT") == point:
-        os._exit(137)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -20,6 +20,9 @@ def train(
     task: str | None = typer.Option(None, "--task", help="Task whose label set to use."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (checkpoints, model, record)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set training.epochs=5 (repeatable)."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Train on the finished shards of a generation run that has unfinished ones."
+    ),
 ) -> None:
     """Fine-tune a classifier with accelerate (run under `accelerate launch` or `torchrun` for
     several processes); a rerun resumes from the last checkpoint."""
@@ -39,7 +42,9 @@ def train(
         output_dir(Path(cfg.out_dir), "out_dir (--out)")
     from localsynth.progress import log
     from localsynth.train import run_train
+    from localsynth.traindata import allow_partial_runs
 
+    allow_partial_runs.set(allow_partial)
     record = run_train(cfg)
     import os
 
