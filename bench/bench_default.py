@@ -6,9 +6,11 @@ Arms (each a fresh run directory, the same seed, the command a user types):
     before      the prompts and sampling of the previous release (temperature 1.0, top_p 0.95,
                 max_tokens 96, long rule-list prompts, labels' senders drawn from one list) with
                 sentence cutting, the loop and echo filters off: what a new user got
-    vllm        the default (configs/experiments/default.yaml) on the vLLM CPU engine, whose
-                automatic thread binding keeps one core for its scheduler
-    vllm-2cores the same with VLLM_CPU_OMP_THREADS_BIND over every core
+    vllm-auto   the default (configs/experiments/default.yaml) on the vLLM CPU engine with
+                vLLM's own thread binding (VLLM_CPU_OMP_THREADS_BIND=auto), which keeps one core
+                for its scheduler
+    vllm        the default as it runs: on machines with at most 4 cores localsynth binds the
+                engine's threads to every core
     hf          the default on the transformers backend
 
 Printed per arm: wall seconds (process start to exit), engine/model load seconds, generation
@@ -17,7 +19,7 @@ the compute that became data), the ratio of each rate to the vllm arm, and with 
 kept texts whose label a classifier trained on real SMS data agrees with. Run it on an idle
 machine; the figures go in bench/README.md.
 
-    python bench/bench_default.py [--arms before,vllm,vllm-2cores,hf] [--per-label 20]
+    python bench/bench_default.py [--arms before,vllm-auto,vllm,hf] [--per-label 20] [--judge DIR]
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def arm_command(name: str, run_dir: Path, per_label: int, tmp: Path) -> tuple[li
                 "--set", "generator.sampling={temperature: 1.0, top_p: 0.95, max_tokens: 96}",
                 "--set", "filters.cut_at_sentence=false", "--set", "filters.max_repeated_share=1.0",
                 "--set", "filters.drop_prompt_echoes=false"]
-    elif name == "vllm-2cores":
-        env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{os.cpu_count() - 1}"
+    elif name == "vllm-auto":
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "auto"
     elif name == "hf":
         cmd += ["--set", "generator.backend=hf", "--set", "generator.hf.batch_size=64"]
     return cmd, env
@@ -98,7 +100,7 @@ def run_arm(name: str, per_label: int, tmp: Path, judge: str | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--arms", default="before,vllm,vllm-2cores,hf")
+    parser.add_argument("--arms", default="before,vllm-auto,vllm,hf")
     parser.add_argument("--per-label", type=int, default=20)
     parser.add_argument("--judge", help="A classifier trained on real sms_spam data (a `localsynth train` output "
                         "folder): reports the share of kept texts whose label it agrees with.")

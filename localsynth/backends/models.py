@@ -87,7 +87,7 @@ def gguf_key(path: Path) -> str:
             fh.seek(-(4 << 20), os.SEEK_END)
             digest.update(fh.read())
     stem = path.name.removesuffix(".gguf")
-    return f"{stem}-{digest.hexdigest()[:12]}"
+    return f"{stem}-{digest.hexdigest()[:12]}-bf16"
 
 
 def gguf_folder(path: Path) -> Path:
@@ -207,6 +207,10 @@ def dequantize_gguf(path: Path, out: Path, key: str) -> None:
     plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict(), strict=False)
     plain.tie_weights()
+    # Saved in bfloat16: half the disk, and what vLLM's CPU engine runs ("auto" dtype); a float32
+    # folder made it cast every tensor with a warning each (~270 lines per engine start). The hf
+    # backend still computes in float32 on a CPU.
+    plain = plain.to(torch.bfloat16)
     plain.generation_config = model.generation_config
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
