@@ -100,3 +100,19 @@ def test_concurrent_builds_dequantize_once_and_a_killed_build_is_never_used(tmp_
     tokenizer = AutoTokenizer.from_pretrained(folder)
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat.endswith("<|im_start|>assistant\n")  # SmolLM2's own template survived the conversion
+
+
+def test_vllm_threads_use_every_core_of_a_small_machine(monkeypatch):
+    from localsynth.backends import vllm as vllm_backend
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    vllm_backend.bind_all_cores_on_small_machines()
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0,1"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")  # the user's choice wins
+    vllm_backend.bind_all_cores_on_small_machines()
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    vllm_backend.bind_all_cores_on_small_machines()  # a big machine keeps vLLM's own binding
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ
