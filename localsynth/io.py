@@ -137,3 +137,16 @@ def update_bytes(path: Path, data: bytes) -> bool:
         return False
     write_bytes_atomic(path, data)
     return True
+
+
+def fsync_tree(folder: Path, files: bool = True) -> None:
+    """fsync the files below `folder` (with `files`), then the folders themselves: a folder
+    renamed into place after this is whole after a crash, not a name with empty files."""
+    paths = [*(folder.rglob("*") if files else []), folder]
+    for path in paths:
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    for path in paths:
+        if path.is_dir():
+            fsync_dir(path)

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from localsynth.errors import UserError, require
-from localsynth.io import write_json_atomic, write_text_atomic
+from localsynth.io import fsync_tree, write_json_atomic, write_text_atomic
 from localsynth.progress import StepProgress, log
 from localsynth.runinfo import environment
 from localsynth.trainconfig import TrainConfig, resolve_model_path
@@ -328,31 +328,16 @@ def save_checkpoint(accelerator, out_dir: Path, state: dict[str, Any]) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / "trainer_state.json", state)
-        sync_tree(tmp)  # a node crash after the rename must not leave a named but empty checkpoint
+        fsync_tree(tmp)  # a node crash after the rename must not leave a named but empty checkpoint
         kill_point(f"committing:{state['global_step']}")
         if final.exists():  # a leftover of this step (a run never saves one step twice)
             shutil.rmtree(final)
         tmp.rename(final)
-        sync_tree(root, files=False)
+        fsync_tree(root, files=False)
         for old in checkpoints(out_dir)[:-1]:
             shutil.rmtree(old, ignore_errors=True)
         kill_point(f"saved:{state['global_step']}")
     accelerator.wait_for_everyone()
-
-
-def sync_tree(folder: Path, files: bool = True) -> None:
-    """fsync the files under `folder` (with `files`) and the folders themselves."""
-    for path in [*(folder.rglob("*") if files else []), folder]:
-        if path.is_dir() and hasattr(os, "O_DIRECTORY"):
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        elif path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-        else:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_model(model, tokenizer, target: Path, merge_lora: bool) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localsynth.errors import UserError
-from localsynth.io import stop_here_for_tests as _stop_here_for_tests
+from localsynth.io import fsync_dir, fsync_tree, stop_here_for_tests
 
 TINY_RANDOM = "tiny-random"
 DEFAULT_MODEL = "smollm2-135m-instruct"  # what generator.model None means on hf and vllm
@@ -159,16 +159,16 @@ def build_from_gguf(path: Path, key: str = "generator.model") -> Path:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)  # nothing half-built stays behind
                 raise
-            _stop_here_for_tests("gguf-before-rename")
+            stop_here_for_tests("gguf-before-rename")
             (tmp / MARKER).write_text(
                 json.dumps({"source": str(path), "built_s": round(time.monotonic() - started, 1)}) + "\n",
                 encoding="utf-8",
             )
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             if final.exists():  # a folder without its marker: never complete, replace it
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
     except Timeout:
         raise UserError(
             f"{key}: waited {LOCK_TIMEOUT_S:.0f} s for another process to build {final}; if none is running, "
@@ -214,22 +214,6 @@ def dequantize_gguf(path: Path, out: Path, key: str) -> None:
     plain.generation_config = model.generation_config
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.iterdir():
-        if file.is_file():
-            with open(file, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def model_table() -> list[dict[str, str]]:
