@@ -37,15 +37,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the figures, not vLLM's INFO lines
 
 from localsynth.backends.base import ChatRequest  # noqa: E402
-from localsynth.config import (  # noqa: E402
+from localsynth.backends.settings import (
     GeneratorConfig,
     HFSettings,
     OpenAISettings,
     Sampling,
     VllmSettings,
-    load_task,
 )
-from localsynth.prompts import derive_seed, sample_style, system_message, user_turn  # noqa: E402
+from localsynth.generation.prompts import derive_seed, sample_style, system_message, user_turn  # noqa: E402
+from localsynth.tasks import load_task
 
 MAX_MODEL_LEN = 1024
 SERVED = "tiny-llama"
@@ -165,8 +165,8 @@ def main() -> None:
 
     from localsynth.backends.hf import HFBackend
     from localsynth.backends.openai import OpenAIBackend
+    from localsynth.backends.tiny import build_tiny_llama
     from localsynth.backends.vllm import VllmBackend
-    from localsynth.tiny import build_tiny_llama
 
     load_before = os.getloadavg()
     requests = build_requests(args.requests)

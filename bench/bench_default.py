@@ -72,7 +72,7 @@ def label_fit(run_dir: Path, judge: str) -> float:
     measured stand-in for "fits its label when read"."""
     import polars as pl
 
-    from localsynth.evaluate import evaluate_model
+    from localsynth.training.evaluate import evaluate_model
 
     kept = pl.read_parquet(run_dir / "shards" / "*.parquet").filter("kept").select("text", "label")
     return evaluate_model(judge, kept, batch_size=64, max_length=64, device="cpu", progress="off")["accuracy"]

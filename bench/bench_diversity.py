@@ -82,8 +82,7 @@ def chunked(measure: str, x: np.ndarray) -> float:
 
 
 def ours(measure: str, x: np.ndarray, block_size: int, device: str) -> float:
-    from localsynth import diversity as dv
-
+    from localsynth.analysis import diversity as dv
     kind, metric = measure.split("-")
     fn = dv.remote_clique if kind == "rc" else dv.chamfer
     return fn(x, metric, block_size=block_size, device=device)

@@ -15,17 +15,17 @@ class UserError(Exception):
 
 
 class MissingExtra(UserError):
-    """An optional dependency is not installed."""
+    """A dependency is not installed: one of an extra (vllm), or a core one that a partial
+    install left out (torch is installed first, by hand, on CPU-only machines)."""
 
-    def __init__(self, module: str, extra: str):
-        super().__init__(
-            f"the Python package '{module}' is not installed; "
-            f"install it with: pip install 'localsynth[{extra}]'"
-        )
+    def __init__(self, module: str, extra: str | None):
+        fix = f"pip install 'localsynth[{extra}]'" if extra else f"pip install {module.split('.')[0]} (a dependency of localsynth)"
+        super().__init__(f"the Python package '{module}' is not installed; install it with: {fix}")
 
 
-def require(module: str, extra: str):
-    """Import an optional heavy module, or raise a `MissingExtra` naming the pip extra."""
+def require(module: str, extra: str | None = None):
+    """Import a heavy module where it is used, or raise a `MissingExtra` naming what to install:
+    the pip extra that holds it, or the package itself when it is a core dependency."""
     import importlib
 
     try:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, generate_config, run_cli, write_yaml
+from helpers import (
+    assert_user_error,
+    generate_config,
+    modules_after,
+    run_cli,
+    run_in_process,
+    write_yaml,
+)
 
 TASKS = [
     "ag_news",
@@ -24,22 +30,6 @@ TASKS = [
     "tweet_emotion",
     "tweet_irony",
 ]
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str, run_dir: Path | None = None) -> str:
-    """Exit 2, exactly one error message, containing every fragment; no traceback; and no
-    completion marker or shard rows left behind."""
-    out = result.stdout + result.stderr
-    assert result.returncode == 2, f"exit {result.returncode}\n{out}"
-    assert "Traceback" not in out, out
-    assert result.stderr.count("error:") == 1, result.stderr
-    message = result.stderr[result.stderr.index("error:") :]
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in:\n{message}"
-    if run_dir is not None:
-        assert not list(run_dir.glob("**/*.done")), list(run_dir.rglob("*"))
-        assert not list(run_dir.glob("shards/*.parquet")), list(run_dir.rglob("*"))
-    return message
 
 
 def config_file(tmp_path: Path, model=None, **extra) -> Path:
@@ -204,23 +194,8 @@ def test_verbose_shows_the_traceback(tmp_path, cli_env, where):
     assert "error: --shard must be INDEX/COUNT" in result.stderr
 
 
-HEAVY = ("torch", "vllm", "transformers")
-
-
-def _modules_after(code: str) -> set[str]:
-    probe = f"""
-import sys
-{code}
-print("HEAVY:" + ",".join(sorted(m for m in {HEAVY!r} if m in sys.modules)))
-"""
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr
-    line = [x for x in result.stdout.splitlines() if x.startswith("HEAVY:")][-1]
-    return set(filter(None, line.removeprefix("HEAVY:").split(",")))
-
-
 def test_import_and_help_stay_light():
-    assert _modules_after("import localsynth") == set()
+    assert modules_after("import localsynth") == set()
     for argv in (["--help"], ["generate", "--help"], ["generate", "--set", "task=nope"]):
         code = f"""
 from localsynth.cli import main
@@ -229,7 +204,7 @@ try:
 except SystemExit:
     pass
 """
-        assert _modules_after(code) == set(), argv
+        assert modules_after(code) == set(), argv
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -244,7 +219,7 @@ def test_fixing_a_failed_setting_then_rerunning_works(tmp_path, cli_env):
 
 
 def test_other_config_in_a_finished_run_dir_is_refused(tmp_path, cli_env):
-    from test_openai_faults import FaultServer, openai_config  # a quick way to a finished shard
+    from fault_server import FaultServer, openai_config
 
     source = tmp_path / "real.csv"
     source.write_text("text,label\nwin a prize now,spam\nsee you at lunch,ham\n", encoding="utf-8")
@@ -259,23 +234,6 @@ def test_other_config_in_a_finished_run_dir_is_refused(tmp_path, cli_env):
 
 
 # ----------------------------------------------------------------------------- in-process runs
-
-
-def run_in_process(*args: str) -> subprocess.CompletedProcess:
-    """`localsynth ARGS` through the real entry point (`localsynth.cli.main`, its error handling
-    included) in this process: for errors found before any heavy work, without a new interpreter."""
-    import contextlib
-    import io
-
-    from localsynth.cli import main
-
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    return subprocess.CompletedProcess(["localsynth", *args], code, out.getvalue(), err.getvalue())
 
 
 def unwritable_dir(tmp_path: Path) -> Path:
@@ -380,7 +338,7 @@ def test_key_in_a_usage_error_is_masked(tmp_path):
 def test_key_elsewhere_on_the_command_line_is_masked_in_the_run_record(tmp_path, cli_env):
     """A key that passes validation (here in a free-text field) is masked in config.yaml and in
     the command line that environment/*.json records."""
-    from test_openai_faults import FaultServer, openai_config
+    from fault_server import FaultServer, openai_config
 
     with FaultServer(lambda n, body: "ok") as server:
         path = write_yaml(tmp_path / "gen.yaml", {**openai_config(tmp_path, server.base_url), "quota": {"per_label": 2}})
@@ -514,3 +472,19 @@ def test_subjectivity_option_ranges_name_the_flag(tmp_path, option, value, fragm
                             "--out", str(tmp_path / "out"), option, value)
     assert_user_error(result, option, f"got {value}", fragment, "for example")
     assert not (tmp_path / "out").exists()
+
+
+def test_verbose_is_never_taken_from_an_option_value():
+    """`-v` right after an option that takes a value is that value; the options that take one
+    are read from the command tree, so a new option (`data import --format`) is known at once."""
+    from typer.main import get_command
+
+    from localsynth.cli import app, split_verbose
+    from localsynth.cli.options import value_options
+
+    assert split_verbose(["data", "import", "x.csv", "--format", "-v"]) == (["data", "import", "x.csv", "--format", "-v"], False)
+    assert split_verbose(["generate", "--set", "-v", "-v"]) == (["generate", "--set", "-v"], True)
+    assert split_verbose(["-v", "generate"]) == (["generate"], True)
+    names = value_options(get_command(app))
+    assert {"--set", "--format", "--stage", "--cell", "--site", "--label-map", "--shard"} <= names
+    assert "--dry-run" not in names and "--verbose" not in names

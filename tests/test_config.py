@@ -7,18 +7,12 @@ import typing
 
 import pytest
 import yaml
-from conftest import REPO, write_yaml
+from helpers import REPO, write_yaml
 from pydantic import BaseModel, ValidationError
 
-from localsynth.config import (
-    GenerateConfig,
-    TaskConfig,
-    available_tasks,
-    configs_root,
-    load_generate_config,
-    load_task,
-)
 from localsynth.errors import UserError
+from localsynth.generation.config import GenerateConfig, load_generate_config
+from localsynth.tasks import TaskConfig, available_tasks, configs_root, load_task
 
 TASK_FILES = sorted((REPO / "configs" / "tasks").glob("**/*.yaml"))
 ALL_EXPERIMENT_FILES = sorted((REPO / "configs" / "experiments").glob("**/*.yaml"))
@@ -62,7 +56,7 @@ def test_experiment_config_validates_with_every_task(path):
 
 @pytest.mark.parametrize("path", TRAIN_FILES, ids=lambda p: p.stem)
 def test_train_config_validates(path):
-    from localsynth.trainconfig import load_train_config
+    from localsynth.training.config import load_train_config
 
     cfg = load_train_config(path)
     assert cfg.label_set() and cfg.train
@@ -126,7 +120,7 @@ def test_task_by_path_and_inline(tmp_path):
 
 def test_text_override_edge_cases():
     assert load_generate_config(None, ["generator.model=null"]).generator.model is None
-    assert load_generate_config(None, ["run_dir="]).run_dir is None
+    assert load_generate_config(None, ["run_dir="]).run_dir == "runs/sms_spam-zero-shot"  # unset: the default, decided once
     assert load_generate_config(None, ["generator.model='0.5'"]).generator.model == "0.5"  # YAML quotes
     assert load_generate_config(None, ["task.title=a: b = c"]).task.title == "a: b = c"
 
@@ -361,7 +355,7 @@ def test_redact_leaves_names_paths_and_settings_alone(text):
 
 def test_run_record_masks_secrets(tmp_path, monkeypatch):
     """config.yaml and environment/*.json of a run directory, whatever reaches them."""
-    from localsynth.rundir import Shard, ShardPaths, check_config, prepare
+    from localsynth.generation.rundir import Shard, ShardPaths, check_config, prepare
 
     monkeypatch.setattr("sys.argv", ["localsynth", "generate", "--set", f"task.title={FAKE_KEY}"])
     paths = ShardPaths(tmp_path / "run", Shard(0, 1))

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import REAL_DATA, run_cli
-from test_cli_errors import _modules_after, assert_user_error
+from helpers import REAL_DATA, assert_user_error, modules_after, run_cli
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -396,8 +395,7 @@ def test_hub_dataset_splits_and_class_labels(tmp_path, monkeypatch):
     """The hub path with the download replaced by a dataset built here (the hub is off in tests):
     ClassLabel ints become names, the test split is used, a missing one is split off."""
     datasets = pytest.importorskip("datasets")
-    from localsynth import dataimport as data
-
+    from localsynth.data import importer as data
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
     )
@@ -616,7 +614,7 @@ try:
 except SystemExit:
     pass
 """
-    assert _modules_after(code) == set()
+    assert modules_after(code) == set()
 
 
 # ----------------------------------------------------------------------------- the real datasets
@@ -636,7 +634,7 @@ REAL = {  # the README table of the shared data folder: (train rows, test rows)
 def test_real_datasets(tmp_path, cli_env, task):
     if not REAL_DATA or not (Path(REAL_DATA) / task).is_dir():
         pytest.skip("set LOCALSYNTH_REAL_DATA to the shared data folder")
-    from localsynth.config import load_task
+    from localsynth.tasks import load_task
 
     result, out = data_import(tmp_path, cli_env, os.path.join(REAL_DATA, task), "--task", task)
     ok(result)

@@ -11,13 +11,13 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, assert_user_error, run_cli
 from scipy.spatial.distance import cdist
 from sklearn.metrics.pairwise import cosine_similarity
-from test_cli_errors import assert_user_error
 from tiny_encoders import build_tiny_bert
 
-from localsynth import diversity as dv
+from localsynth.analysis import diversity as dv
+from localsynth.analysis import embeddings
 from localsynth.errors import UserError
 
 TEXTS = [
@@ -127,7 +127,7 @@ def test_embed_mean_pools_in_input_order_and_caches(encoder, tmp_path, monkeypat
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    first = dv.embed(TEXTS, encoder, batch_size=3, device="cpu", cache_root=tmp_path)
+    first = embeddings.embed(TEXTS, encoder, batch_size=3, device="cpu", cache_root=tmp_path)
     assert first.shape == (len(TEXTS), 32) and first.dtype == np.float32
     assert np.linalg.norm(first, axis=1) == pytest.approx(1.0, abs=1e-5)
     # One text at a time, pooled by hand: batching sorted by length does not change a vector.
@@ -141,24 +141,24 @@ def test_embed_mean_pools_in_input_order_and_caches(encoder, tmp_path, monkeypat
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded although the embeddings are cached")
 
-    monkeypatch.setattr(dv, "_load_encoder", no_load)
-    again = dv.embed(TEXTS, encoder, batch_size=3, device="cpu", cache_root=tmp_path)
+    monkeypatch.setattr(embeddings, "_load_encoder", no_load)
+    again = embeddings.embed(TEXTS, encoder, batch_size=3, device="cpu", cache_root=tmp_path)
     assert np.array_equal(again, first)
     with pytest.raises(AssertionError, match="was loaded"):  # other texts or settings: a different key
-        dv.embed(TEXTS[:-1], encoder, device="cpu", cache_root=tmp_path)
+        embeddings.embed(TEXTS[:-1], encoder, device="cpu", cache_root=tmp_path)
     with pytest.raises(AssertionError, match="was loaded"):
-        dv.embed(TEXTS, encoder, device="cpu", cache_root=tmp_path, normalize=False)
+        embeddings.embed(TEXTS, encoder, device="cpu", cache_root=tmp_path, normalize=False)
 
 
 def test_cache_key_separates_texts():
 
     folder = REPO / "localsynth"
-    assert dv.cache_key(folder, ["ab", "c"], 64, True) != dv.cache_key(folder, ["a", "bc"], 64, True)
-    assert dv.cache_key(folder, ["a"], 64, True) != dv.cache_key(folder, ["a"], 128, True)
+    assert embeddings.cache_key(folder, ["ab", "c"], 64, True) != embeddings.cache_key(folder, ["a", "bc"], 64, True)
+    assert embeddings.cache_key(folder, ["a"], 64, True) != embeddings.cache_key(folder, ["a"], 128, True)
 
 
 def test_importing_the_analyses_does_not_import_torch():
-    code = "import sys, localsynth.cli, localsynth.diversity, localsynth.subjectivity; print('torch' in sys.modules)"
+    code = "import sys, localsynth.cli, localsynth.analysis.diversity, localsynth.analysis.agreement; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
 
@@ -193,7 +193,7 @@ def test_cli_diversity(tmp_path, cli_env, encoder):
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
     assert [rows[n]["n"] for n in ("real", "run", "pre")] == [10, 6, 8]
     assert rows["real"]["similarity_to_real"] is None and 0 < rows["run"]["similarity_to_real"] <= 1
-    expected = dv.embed(TEXTS[:6], encoder, device="cpu", cache_root=tmp_path / "cache" / "embeddings")
+    expected = embeddings.embed(TEXTS[:6], encoder, device="cpu", cache_root=tmp_path / "cache" / "embeddings")
     assert rows["run"]["chamfer_cosine"] == pytest.approx(brute(expected, "cosine")[1], rel=1e-5)
     assert "| run " in result.stdout and "remote_clique_euclidean" in result.stdout
     assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 2  # real and run, under LOCALSYNTH_CACHE

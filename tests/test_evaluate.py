@@ -11,11 +11,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import run_cli
+from helpers import assert_user_error, run_cli
 from tiny_encoders import WORDS, build_tiny_bert, build_tiny_roberta
 
 from localsynth.errors import UserError
-from localsynth.evaluate import compute_metrics, evaluate_model
+from localsynth.training.evaluate import compute_metrics, evaluate_model
 
 LABELS = ["ham", "spam", "other"]
 TRAINING = {
@@ -190,14 +190,9 @@ def test_base_encoder_without_a_trained_head_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
-def assert_user_error(result: subprocess.CompletedProcess, out: Path, *fragments: str) -> str:
-    text = result.stdout + result.stderr
-    assert result.returncode == 2, f"exit {result.returncode}\n{text}"
-    assert "Traceback" not in text, text
-    assert result.stderr.count("error:") == 1, result.stderr
-    message = result.stderr[result.stderr.index("error:") :]
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in:\n{message}"
+def assert_refused(result: subprocess.CompletedProcess, out: Path, *fragments: str) -> str:
+    """A bad-input exit that left no evaluation behind."""
+    message = assert_user_error(result, *fragments)
     assert not (out / "eval.done").exists() and not (out / "metrics.json").exists()
     return message
 
@@ -208,13 +203,13 @@ def evaluate(model: Path, test: Path, out: Path, *extra: str, env) -> subprocess
 
 def test_missing_model_folder(tmp_path, cli_env, test_file):
     result = evaluate(tmp_path / "nowhere", test_file, tmp_path / "out", env=cli_env)
-    assert_user_error(result, tmp_path / "out", "model folder not found", "nowhere", "save_pretrained")
+    assert_refused(result, tmp_path / "out", "model folder not found", "nowhere", "save_pretrained")
 
 
 def test_folder_without_config_json(tmp_path, cli_env, test_file):
     (tmp_path / "empty" / "model").mkdir(parents=True)
     result = evaluate(tmp_path / "empty", test_file, tmp_path / "out", env=cli_env)
-    assert_user_error(result, tmp_path / "out", "has no config.json", "training output folder")
+    assert_refused(result, tmp_path / "out", "has no config.json", "training output folder")
 
 
 @pytest.mark.parametrize("id2label", [None, {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}])
@@ -229,13 +224,13 @@ def test_model_without_label_names(tmp_path, cli_env, train_dir, test_file, id2l
         config["id2label"] = id2label
     (model / "config.json").write_text(json.dumps(config))
     result = evaluate(model, test_file, tmp_path / "out", env=cli_env)
-    assert_user_error(result, tmp_path / "out", "has no label names", "id2label=")
+    assert_refused(result, tmp_path / "out", "has no label names", "id2label=")
 
 
 def test_test_label_the_model_never_saw(tmp_path, cli_env, train_dir):
     pl.DataFrame({"text": ["a b", "c d", "e f"], "label": ["ham", "maybe", "2"]}).write_parquet(tmp_path / "t.parquet")
     result = evaluate(train_dir, tmp_path / "t.parquet", tmp_path / "out", env=cli_env)
-    assert_user_error(
+    assert_refused(
         result, tmp_path / "out", "'2', 'maybe'", "never saw", "'ham', 'spam', 'other'", "--label-map 2=other"
     )
 
@@ -244,13 +239,13 @@ def test_test_label_the_model_never_saw(tmp_path, cli_env, train_dir):
 def test_empty_test_file(tmp_path, cli_env, train_dir, content):
     (tmp_path / "t.csv").write_text(content, encoding="utf-8")
     result = evaluate(train_dir, tmp_path / "t.csv", tmp_path / "out", env=cli_env)
-    assert_user_error(result, tmp_path / "out", "--test", "t.csv", "a file with")
+    assert_refused(result, tmp_path / "out", "--test", "t.csv", "a file with")
 
 
 def test_wrong_column_names(tmp_path, cli_env, train_dir):
     (tmp_path / "t.csv").write_text("sentence,category\nhello there,ham\n", encoding="utf-8")
     result = evaluate(train_dir, tmp_path / "t.csv", tmp_path / "out", env=cli_env)
-    message = assert_user_error(
+    message = assert_refused(
         result, tmp_path / "out", "'text', 'label'", "'sentence', 'category'", "--text-column", "--label-column"
     )
     assert "--test." not in message  # no config-key phrasing on the command line
@@ -259,12 +254,12 @@ def test_wrong_column_names(tmp_path, cli_env, train_dir):
 def test_non_utf8_test_file(tmp_path, cli_env, train_dir):
     (tmp_path / "t.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me,ham\n".encode("latin-1"))
     result = evaluate(train_dir, tmp_path / "t.csv", tmp_path / "out", env=cli_env)
-    assert_user_error(result, tmp_path / "out", "not UTF-8", "iconv")
+    assert_refused(result, tmp_path / "out", "not UTF-8", "iconv")
 
 
 def test_bad_label_map(tmp_path, cli_env, train_dir, test_file):
     result = evaluate(train_dir, test_file, tmp_path / "out", "--label-map", "spam", env=cli_env)
-    assert_user_error(result, tmp_path / "out", "--label-map expects TEST_LABEL=MODEL_LABEL", "'spam'")
+    assert_refused(result, tmp_path / "out", "--label-map expects TEST_LABEL=MODEL_LABEL", "'spam'")
 
 
 def test_cuda_without_a_gpu(tmp_path, cli_env, train_dir, test_file):
@@ -273,4 +268,4 @@ def test_cuda_without_a_gpu(tmp_path, cli_env, train_dir, test_file):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     result = evaluate(train_dir, test_file, tmp_path / "out", "--device", "cuda", env=cli_env)
-    assert_user_error(result, tmp_path / "out", "--device cuda", "0 visible CUDA GPU", "--device cpu")
+    assert_refused(result, tmp_path / "out", "--device cuda", "0 visible CUDA GPU", "--device cpu")

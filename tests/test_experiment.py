@@ -11,8 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from conftest import REPO, run_cli
-from test_cli_errors import assert_user_error
+from helpers import REPO, assert_user_error, run_cli
 from tiny_encoders import build_tiny_bert
 
 TINY_STUDY = REPO / "configs" / "experiments" / "study-tiny-cpu.yaml"
@@ -82,6 +81,7 @@ def study(study_inputs, tmp_path_factory) -> dict:
     return {"out": out, "env": env, "result": result}
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_tiny_study_writes_every_report_file(study):
     report = study["out"] / "report"
     for name in REPORT_FILES:
@@ -100,6 +100,7 @@ def test_tiny_study_writes_every_report_file(study):
     assert found[3]["evidence"] and "agreement >=" in found[3]["evidence"][0]  # PhraseBank's agreement column
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_table1_is_the_mean_and_spread_of_the_cells(study):
     """Recomputed here from each cell's metrics.json."""
     plan = json.loads((study["out"] / "plan.json").read_text())
@@ -119,6 +120,7 @@ def test_table1_is_the_mean_and_spread_of_the_cells(study):
     assert real["macro_f1_mean"] > 0.8, real  # the cue words are learnable; chance is 1/3
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_cells_use_the_rows_they_claim(study):
     plan = json.loads((study["out"] / "plan.json").read_text())
     rows = {}
@@ -134,6 +136,7 @@ def test_cells_use_the_rows_they_claim(study):
     assert {json.loads((Path(c["eval_dir"]) / "metrics.json").read_text())["n"] for c in plan["cells"]} == {test_rows}
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_diversity_and_cost_are_reported(study):
     div = pl.read_csv(study["out"] / "report" / "diversity.csv")
     assert div["set"].to_list() == ["real", "zero-shot", "few-shot"]
@@ -157,6 +160,7 @@ def test_diversity_and_cost_are_reported(study):
     assert cost["total"]["gpu_hours"] == 0 and cost["total"]["hours"] > 0
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_second_run_redoes_nothing(study, study_inputs):
     before = snapshot(study["out"])
     result = run_cli(*study_args(study_inputs, study["out"]), env=study["env"], timeout=600)
@@ -165,6 +169,7 @@ def test_second_run_redoes_nothing(study, study_inputs):
     assert snapshot(study["out"]) == before  # not one file written, not even the report
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_a_lost_evaluation_is_redone_alone(study, study_inputs):
     plan = json.loads((study["out"] / "plan.json").read_text())
     cell = plan["cells"][3]
@@ -185,6 +190,7 @@ def test_a_lost_evaluation_is_redone_alone(study, study_inputs):
     assert again["macro_f1"] == pytest.approx(metrics["macro_f1"])
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_changed_settings_on_a_finished_study_are_refused(study, study_inputs):
     result = run_cli(*study_args(study_inputs, study["out"], "--set", "training.epochs=7"), env=study["env"])
     assert_user_error(result, "already ran with other settings", "training", "new out_dir")
@@ -214,8 +220,9 @@ def test_bad_study_configs(study_inputs, tmp_path, cli_env, overrides, fragments
 
 
 def test_bad_stage_and_cell(study_inputs, tmp_path, cli_env):
-    assert_user_error(run_cli(*study_args(study_inputs, tmp_path / "o", "--stage", "everything"), env=cli_env),
-                      "--stage must be one of")
+    result = run_cli(*study_args(study_inputs, tmp_path / "o", "--stage", "everything"), env=cli_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "Invalid value for '--stage'" in result.stderr and "'everything' is not one of 'all', 'plan'" in result.stderr
     assert_user_error(run_cli(*study_args(study_inputs, tmp_path / "o", "--cell", "3"), env=cli_env),
                       "--cell goes with --stage train")
     assert_user_error(run_cli(*study_args(study_inputs, tmp_path / "o", "--stage", "train", "--cell", "99"), env=cli_env),
@@ -236,7 +243,7 @@ def test_plan_writes_stage_configs_the_plain_cli_accepts(study_inputs, tmp_path,
 
 
 def test_shipped_study_configs_validate():
-    from localsynth.experimentconfig import load_experiment_config
+    from localsynth.study.config import load_experiment_config
 
     files = sorted((REPO / "configs" / "experiments").glob("study-*.yaml"))
     assert [p.stem for p in files] == ["study-paper-grid", "study-smol-cpu", "study-tiny-cpu"]
@@ -245,3 +252,24 @@ def test_shipped_study_configs_validate():
     assert paper.generation.quota.per_label == 3000 and paper.modes == ["zero-shot", "few-shot"]
     tiny = load_experiment_config(files[1])
     assert tiny.models == {"minilm": "all-MiniLM-L6-v2"}
+
+
+def test_one_training_task_reads_the_plan_instead_of_planning_again(study_inputs, tmp_path, monkeypatch):
+    """`--stage train --cell N` (one SLURM array task) reads plan.json when it was written from
+    the same config; another config plans again."""
+    from localsynth.study import plan as study_plan
+    from localsynth.study.config import load_experiment_config
+
+    overrides = study_args(study_inputs, tmp_path / "out")[5::2]  # the --set values
+    cfg = load_experiment_config(TINY_STUDY, overrides, tmp_path / "out")
+    written = study_plan.make_plan(cfg, str(TINY_STUDY))
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("planned the whole grid again")
+
+    monkeypatch.setattr(study_plan, "make_plan", no_planning)
+    read = study_plan.current_plan(cfg, str(TINY_STUDY))
+    assert read.cells == written.cells and [r.to_json() for r in read.generate] == [r.to_json() for r in written.generate]
+    assert read.data == written.data
+    with pytest.raises(AssertionError, match="planned the whole grid again"):
+        study_plan.current_plan(cfg.model_copy(update={"seeds": [7]}), str(TINY_STUDY))

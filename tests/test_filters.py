@@ -3,8 +3,8 @@ import itertools
 import polars as pl
 import pytest
 
-from localsynth import filters as F
-from localsynth.config import Filters
+from localsynth.generation import filters as F
+from localsynth.generation.config import Filters
 
 
 def test_clean_strips_preambles_prefixes_and_quotes():

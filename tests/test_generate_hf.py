@@ -11,13 +11,13 @@ import time
 
 import polars as pl
 import pytest
-from conftest import REPO, generate_config, run_cli, write_yaml
+from helpers import REPO, generate_config, run_cli, write_yaml
 
 from localsynth.backends.base import Completion
-from localsynth.config import GenerateConfig, load_generate_config
 from localsynth.errors import UserError
-from localsynth.generate import ShardIncomplete, run_generate
-from localsynth.rundir import CompletionLog, Shard, ShardPaths
+from localsynth.generation.config import GenerateConfig, load_generate_config
+from localsynth.generation.run import ShardIncomplete, run_generate
+from localsynth.generation.rundir import CompletionLog, Shard, ShardPaths
 from localsynth.schema import validate_rows
 
 
@@ -217,7 +217,7 @@ class FailingBackend(RepeatingBackend):
 
 
 def test_failed_requests_leave_the_shard_incomplete_and_are_retried(tmp_path):
-    from localsynth.generate import ShardIncomplete
+    from localsynth.generation.run import ShardIncomplete
 
     cfg = load(tmp_path, None, quota={"per_label": 2, "max_topup_rounds": 1}, filters={"near_duplicate_jaccard": None})
     paths = ShardPaths(tmp_path / "run", Shard(0, 1))
@@ -266,7 +266,7 @@ def test_permanent_failures_finish_the_shard_and_are_not_asked_again(tmp_path):
     that lets the shard finish, with a message naming the setting to change, and a rerun does not
     ask it again; raising generator.vllm.max_model_len on resume is allowed and asks again
     exactly the requests it now fits. Retryable failures are still asked again."""
-    from localsynth.generate import ShardIncomplete
+    from localsynth.generation.run import ShardIncomplete
 
     extra = dict(quota={"per_label": 4, "max_topup_rounds": 1}, filters={"near_duplicate_jaccard": None})
     cfg = load(tmp_path, None, **extra)
@@ -307,7 +307,7 @@ def test_permanent_failures_finish_the_shard_and_are_not_asked_again(tmp_path):
 
 
 def test_settings_that_decide_the_rows_still_refuse_a_resume(tmp_path):
-    from localsynth.generate import ShardIncomplete
+    from localsynth.generation.run import ShardIncomplete
 
     cfg = load(tmp_path, None, quota={"per_label": 2})
     with pytest.raises(ShardIncomplete):
@@ -331,7 +331,7 @@ def test_settings_that_decide_the_rows_still_refuse_a_resume(tmp_path):
     ("APIConnectionError: Connection error.", False),
 ])
 def test_errors_are_classified(error, permanent):
-    from localsynth.rundir import error_fix
+    from localsynth.generation.rundir import error_fix
 
     assert (error_fix(error) is not None) == permanent
 
@@ -364,8 +364,8 @@ def test_a_kill_right_after_a_chunk_loses_none_of_it(tmp_path, tiny_llama, cli_e
 def test_a_kill_between_the_marker_and_the_log_removal(tmp_path, tiny_llama, cli_env):
     """The .done marker alone says finished: training and experiments take the shard as
     finished, and the next generate removes the leftover log."""
-    from localsynth.experiment import GenerationRun, run_is_done
-    from localsynth.traindata import finished_shards
+    from localsynth.generation.config import GenerationRun
+    from localsynth.training.rows import finished_shards
 
     path = write_yaml(tmp_path / "gen.yaml", generate_config(tmp_path, tiny_llama))
     killed = _cli_generate(path, cli_env, LOCALSYNTH_KILL_AT="after-done")
@@ -373,7 +373,7 @@ def test_a_kill_between_the_marker_and_the_log_removal(tmp_path, tiny_llama, cli
     paths = ShardPaths(tmp_path / "run", Shard(0, 1))
     assert paths.done.is_file() and paths.log_dir.is_dir()
     assert finished_shards(tmp_path / "run", "train[0]", allow_partial=False) == [paths.rows]
-    assert run_is_done(GenerationRun("g", "sms_spam", "zero-shot", str(path), str(tmp_path / "run"), 1))
+    assert GenerationRun("g", "sms_spam", "zero-shot", path, tmp_path / "run", 1).is_done()
     again = _cli_generate(path, cli_env)
     assert again.returncode == 0, again.stderr
     assert "already complete" in again.stderr and not paths.log_dir.exists()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 from localsynth.backends import models
 from localsynth.errors import UserError
@@ -42,6 +42,7 @@ def test_models_lists_the_packaged_names(cli_env):
         assert "98 MB GGUF" in out.stdout
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_bad_gguf_inputs_exit_2_with_the_fix(tmp_path, cli_env):
     odd = write_gguf(tmp_path / "odd.gguf", "rwkv-odd")
     junk = tmp_path / "junk.gguf"

@@ -1,7 +1,13 @@
 import random
 
-from localsynth.config import load_task
-from localsynth.prompts import derive_seed, sample_examples, sample_style, system_message, user_turn
+from localsynth.generation.prompts import (
+    derive_seed,
+    sample_examples,
+    sample_style,
+    system_message,
+    user_turn,
+)
+from localsynth.tasks import load_task
 
 
 def test_seed_is_stable_and_distinct():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import REAL_DATA, run_cli, write_yaml
+from helpers import REAL_DATA, run_cli, write_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

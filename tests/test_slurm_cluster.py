@@ -15,8 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import REPO, generate_config, run_cli, write_yaml
-from test_train import separable
+from helpers import REPO, assert_user_error, generate_config, run_cli, separable, write_yaml
 from tiny_encoders import build_tiny_bert
 
 pytestmark = pytest.mark.slurm
@@ -239,7 +238,7 @@ def test_failing_shard_cancels_dependents_and_resubmit_sends_only_it(slurm_clust
 
 
 def test_unknown_partition_on_the_real_cluster(slurm_cluster, tiny_llama, tmp_path, cli_env):
-    from test_cli_errors import assert_user_error
+
 
     config = write_yaml(tmp_path / "gen.yaml", generate_config(tmp_path, tiny_llama))
     result = run_cli("slurm", "submit", str(config), "--site", str(site_file(tmp_path, partition="gpux")),

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import generate_config, run_cli, write_yaml
-from test_cli_errors import assert_user_error
+from helpers import assert_user_error, generate_config, run_cli, run_in_process, write_yaml
 
 
 @pytest.fixture()
@@ -106,7 +105,7 @@ def test_status_before_any_submission(gen, cli_env):
 
 
 def render(*args: str):
-    from test_cli_errors import run_in_process
+
 
     return run_in_process("slurm", "render", *args)
 
@@ -207,8 +206,8 @@ def test_shard_share_too_large(gen, tmp_path):
 
 def test_rendered_values_are_checked_in_every_script():
     """The last guard: a value with a line break never reaches a template, whatever the caller."""
+    from localsynth.cluster.render import render as render_template
     from localsynth.errors import UserError
-    from localsynth.slurm import render as render_template
 
     with pytest.raises(UserError, match="line break"):
         render_template("report", {"name": "x\nrm -rf ~", "config": "c", "sbatch": "", "setup": "", "command": "ls"})

@@ -13,10 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from localsynth.config import GenerateConfig, resolve_task
+from localsynth.cluster.render import (
+    TEMPLATES,
+    experiment_jobs,
+    stage_train_jobs,
+    templates_root,
+)
+from localsynth.cluster.settings import SlurmSettings, time_seconds
 from localsynth.errors import UserError
-from localsynth.slurm import TEMPLATES, GenRun, experiment_jobs, stage_train_jobs, templates_root
-from localsynth.slurmconfig import SlurmSettings, time_seconds
+from localsynth.generation.config import GenerateConfig, GenerationRun
+from localsynth.study.plan import Cell, Plan
+from localsynth.tasks import resolve_task
 
 GOLDEN = Path(__file__).parent / "golden" / "slurm"
 STUDY = Path("/shared/studies/paper")
@@ -38,33 +45,31 @@ def gen_cfg(run_dir: Path, tp: int = 1) -> GenerateConfig:
     })
 
 
-def study_plan() -> tuple[dict, list[GenRun]]:
+def study_plan() -> Plan:
     runs_dir = STUDY / "runs"
-    plan = {
-        "out_dir": str(STUDY), "config": str(STUDY / "experiment.yaml"), "report_dir": str(STUDY / "report"),
-        "generate": [{"id": f"sms_spam/{m}", "config": str(STUDY / f"stages/generate/sms_spam-{m}.yaml"),
-                      "run_dir": str(runs_dir / f"sms_spam-{m}"), "shards": 4} for m in ("zero-shot", "few-shot")],
-        "cells": [
-            {"id": "sms_spam/real/minilm/n50/s0", "index": 0, "needs": [], "eval_dir": str(STUDY / "eval/0")},
-            {"id": "sms_spam/zero-shot/minilm/n50/s0", "index": 1, "needs": ["sms_spam/zero-shot"],
-             "eval_dir": str(STUDY / "eval/1")},
-            {"id": "sms_spam/few-shot/minilm/n50/s0", "index": 2, "needs": ["sms_spam/few-shot"],
-             "eval_dir": str(STUDY / "eval/2")},
-            {"id": "sms_spam/real+zero-shot/minilm/n50/s0", "index": 3, "needs": ["sms_spam/zero-shot"],
-             "eval_dir": str(STUDY / "eval/3")},
-        ],
-    }
-    runs = [GenRun(g["id"], Path(g["config"]), Path(g["run_dir"]), g["shards"], gen_cfg(Path(g["run_dir"])))
-            for g in plan["generate"]]
-    return plan, runs
+    runs = [
+        GenerationRun(f"sms_spam/{m}", "sms_spam", m, STUDY / f"stages/generate/sms_spam-{m}.yaml",
+                      runs_dir / f"sms_spam-{m}", 4, gen_cfg(runs_dir / f"sms_spam-{m}"))
+        for m in ("zero-shot", "few-shot")
+    ]
+    cells = [
+        Cell(cell_id, index, "sms_spam", cell_id.split("/")[1], "minilm", 50, 0, needs, "", "", str(STUDY / f"eval/{index}"))
+        for index, (cell_id, needs) in enumerate([
+            ("sms_spam/real/minilm/n50/s0", []),
+            ("sms_spam/zero-shot/minilm/n50/s0", ["sms_spam/zero-shot"]),
+            ("sms_spam/few-shot/minilm/n50/s0", ["sms_spam/few-shot"]),
+            ("sms_spam/real+zero-shot/minilm/n50/s0", ["sms_spam/zero-shot"]),
+        ])
+    ]
+    return Plan(str(STUDY), str(STUDY / "experiment.yaml"), runs, cells, str(STUDY / "report"), {})
 
 
 def cases() -> dict[str, dict[str, str]]:
     """Case name -> {script file name: text}."""
     out: dict[str, dict[str, str]] = {}
-    plan, runs = study_plan()
+    plan = study_plan()
     for name, extra in (("study-engine", {}), ("study-server", {"vllm_server": True, "server": {"time": "1-00:00:00"}})):
-        jobs = experiment_jobs(plan, runs, "paper", SlurmSettings.model_validate({**SITE, **extra}), CHDIR)
+        jobs = experiment_jobs(plan, "paper", SlurmSettings.model_validate({**SITE, **extra}), CHDIR)
         out[name] = {job.script.name: job.text for job in jobs} | {p.name: t for job in jobs for p, t in job.files.items()}
     for name, site in (
         ("train-cpu", {"time": "02:00:00", "cpus": 2, "setup": ["source .venv/bin/activate"]}),
@@ -124,8 +129,8 @@ def test_no_gpu_lines_when_gpus_is_zero():
 
 
 def test_dependencies_and_markers():
-    plan, runs = study_plan()
-    jobs = {j.key: j for j in experiment_jobs(plan, runs, "paper", SlurmSettings.model_validate(SITE), CHDIR)}
+    plan = study_plan()
+    jobs = {j.key: j for j in experiment_jobs(plan, "paper", SlurmSettings.model_validate(SITE), CHDIR)}
     assert list(jobs) == ["generate:sms_spam/zero-shot", "generate:sms_spam/few-shot", "train:0", "train:1", "train:2", "report"]
     assert jobs["train:0"].tasks == [0] and jobs["train:0"].after_ok == []
     assert jobs["train:1"].tasks == [1, 3] and jobs["train:1"].after_ok == ["generate:sms_spam/zero-shot"]
@@ -134,10 +139,10 @@ def test_dependencies_and_markers():
 
 
 def test_tensor_parallel_needs_as_many_gpus():
-    plan, runs = study_plan()
-    runs[0].cfg = gen_cfg(runs[0].run_dir, tp=2)
+    plan = study_plan()
+    plan.generate[0].loaded = gen_cfg(plan.generate[0].run_dir, tp=2)
     with pytest.raises(UserError, match=r"tensor_parallel_size is 2 but slurm.generate.gpus is 1"):
-        experiment_jobs(plan, runs, "paper", SlurmSettings.model_validate(SITE), CHDIR)
+        experiment_jobs(plan, "paper", SlurmSettings.model_validate(SITE), CHDIR)
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 5400), ("10:30", 630), ("04:00:00", 14400), ("1-00", 86400),
@@ -157,12 +162,12 @@ def test_secrets_never_rendered(monkeypatch):
 def test_odd_but_safe_values_stay_inside_their_line(tmp_path):
     """A model folder with a space and a dtype with shell characters: quoted, one line each,
     and the scripts still parse."""
-    plan, runs = study_plan()
-    cfg = gen_cfg(runs[0].run_dir)
+    plan = study_plan()
+    cfg = gen_cfg(plan.generate[0].run_dir)
     cfg.generator.model = "/shared/models/My Model (v2)"
     cfg.generator.vllm.dtype = "auto; reboot"
-    runs[0].cfg = cfg
-    jobs = experiment_jobs(plan, runs, "paper", SlurmSettings.model_validate({**SITE, "vllm_server": True}), CHDIR)
+    plan.generate[0].loaded = cfg
+    jobs = experiment_jobs(plan, "paper", SlurmSettings.model_validate({**SITE, "vllm_server": True}), CHDIR)
     server = next(j for j in jobs if j.kind == "server")
     assert "--dtype 'auto; reboot'" in server.text and "'/shared/models/My Model (v2)'" in server.text
     for job in jobs:

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import REAL_DATA, run_cli
+from helpers import REAL_DATA, assert_user_error, run_cli
 from scipy.stats import spearmanr
-from test_cli_errors import assert_user_error
 
-from localsynth import subjectivity as sj
+from localsynth.analysis import agreement as sj
+from localsynth.analysis import taskscores as ts
 from localsynth.errors import UserError
 
 # Six test instances: text, label, agreement level (from nested subsets, as Financial PhraseBank's).
@@ -122,8 +122,8 @@ def judgments(pairs: list[tuple[str, str, float]]) -> pl.DataFrame:
 
 @pytest.mark.parametrize("method", ["mm", "logistic"])
 def test_bradley_terry_by_hand(method):
-    w = sj.win_matrix(judgments([("a", "b", 3), ("b", "a", 1)]), ["a", "b"])
-    theta = sj.fit_bradley_terry(w, method)
+    w = ts.win_matrix(judgments([("a", "b", 3), ("b", "a", 1)]), ["a", "b"])
+    theta = ts.fit_bradley_terry(w, method)
     assert theta[0] - theta[1] == pytest.approx(math.log(3), abs=1e-7) and theta.sum() == pytest.approx(0, abs=1e-9)
 
 
@@ -137,8 +137,8 @@ def test_bradley_terry_recovers_a_known_ranking():
         win = rng.random() < 1 / (1 + math.exp(truth[j] - truth[i]))
         rows.append((tasks[i], tasks[j], 1.0) if win else (tasks[j], tasks[i], 1.0))
     data = judgments(rows)
-    mm, summary = sj.task_scores(data, method="mm", bootstrap=200, seed=1)
-    logistic, _ = sj.task_scores(data, method="logistic", bootstrap=0)
+    mm, summary = ts.task_scores(data, method="mm", bootstrap=200, seed=1)
+    logistic, _ = ts.task_scores(data, method="logistic", bootstrap=0)
     assert mm["task"].to_list() == tasks and mm["rank"].to_list() == list(range(1, 9))
     assert mm["score"].to_numpy() == pytest.approx(logistic["score"].to_numpy(), abs=1e-5)  # the same estimate
     assert np.abs(mm["score"].to_numpy() - truth).max() < 0.3
@@ -150,8 +150,8 @@ def test_bradley_terry_recovers_a_known_ranking():
 def test_bradley_terry_without_a_finite_estimate():
     data = judgments([("a", "b", 2), ("b", "c", 1), ("c", "b", 1)])  # a never loses
     with pytest.raises(UserError, match="'a' never judged less objective.*--prior"):
-        sj.task_scores(data, bootstrap=0)
-    table, _ = sj.task_scores(data, bootstrap=0, prior=0.5)
+        ts.task_scores(data, bootstrap=0)
+    table, _ = ts.task_scores(data, bootstrap=0, prior=0.5)
     assert table["task"][0] == "a" and table["score"].is_finite().all()
 
 

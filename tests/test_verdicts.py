@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from localsynth import verdicts as V
+from localsynth.study import verdicts as V
 
 
 def cells(f1: dict[tuple[str, str], list[float]]) -> pl.DataFrame:

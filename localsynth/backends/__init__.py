@@ -4,7 +4,7 @@ and only when its backend is made."""
 from __future__ import annotations
 
 from localsynth.backends.base import Backend, ChatRequest, Completion
-from localsynth.config import GeneratorConfig
+from localsynth.backends.settings import GeneratorConfig
 
 
 def make_backend(cfg: GeneratorConfig) -> Backend:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from localsynth.config import Sampling
+from localsynth.backends.settings import GeneratorConfig, Sampling
 from localsynth.errors import UserError
 
 Message = dict[str, str]
@@ -46,6 +46,19 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the engine, connections and memory."""
+
+
+class InProcessBackend:
+    """What the backends that load the model into this process (hf, vllm) set up alike."""
+
+    gpus = 0  # GPUs the loaded model holds (for GPU-hour accounting)
+
+    def __init__(self, cfg: GeneratorConfig, settings):
+        from localsynth.backends.models import DEFAULT_MODEL
+
+        self.cfg, self.settings = cfg, settings
+        self.model_name = cfg.model or DEFAULT_MODEL
+        self.tokenizer = None
 
 
 def group_identical(requests: Sequence[ChatRequest]) -> list[list[int]]:

@@ -10,27 +10,23 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-from localsynth.backends.base import ChatRequest, Completion, Results, hub_error
-from localsynth.backends.models import DEFAULT_MODEL, resolve_model
-from localsynth.config import GeneratorConfig, Sampling
+from localsynth.backends.base import ChatRequest, Completion, InProcessBackend, Results, hub_error
+from localsynth.backends.models import resolve_model
+from localsynth.backends.settings import GeneratorConfig, Sampling
 from localsynth.devices import resolve_device
 from localsynth.errors import UserError, require
 
 
-class HFBackend:
+class HFBackend(InProcessBackend):
     name = "hf"
-    gpus = 0  # GPUs the loaded model holds (for GPU-hour accounting)
 
     def __init__(self, cfg: GeneratorConfig):
-        self.cfg = cfg
-        self.settings = cfg.hf
-        self.model_name = cfg.model or DEFAULT_MODEL
+        super().__init__(cfg, cfg.hf)
         self.model = None
-        self.tokenizer = None
 
     def load(self) -> None:
-        torch = require("torch", "dev")
-        transformers = require("transformers", "dev")
+        torch = require("torch")
+        transformers = require("transformers")
         transformers.utils.logging.disable_progress_bar()  # our own progress is the one to read
         device = resolve_device(
             self.settings.device, torch, f"generator.hf.device is '{self.settings.device}'", "set generator.hf.device=cpu"

@@ -108,7 +108,7 @@ def resolve_model(model: str | None, key: str = "generator.model") -> str:
     model = model or DEFAULT_MODEL
 
     if model == TINY_RANDOM:
-        from localsynth.tiny import smoke_model_dir
+        from localsynth.backends.tiny import smoke_model_dir
 
         return str(smoke_model_dir())
     if model in PACKAGED:
@@ -181,8 +181,8 @@ def dequantize_gguf(path: Path, out: Path, key: str) -> None:
     """Load a GGUF with transformers (it dequantizes to float) and save a plain folder."""
     from localsynth.errors import require
 
-    torch = require("torch", "dev")
-    transformers = require("transformers", "dev")
+    torch = require("torch")
+    transformers = require("transformers")
     if importlib.util.find_spec("gguf") is None:
         raise UserError(f"{key}: reading {path.name} needs the Python package 'gguf'; install it with: pip install gguf")
     transformers.utils.logging.disable_progress_bar()

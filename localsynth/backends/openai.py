@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from localsynth.backends.base import ChatRequest, Completion, Results, group_identical
-from localsynth.config import GeneratorConfig, Sampling
+from localsynth.backends.settings import GeneratorConfig, Sampling
 from localsynth.errors import UserError, require
 from localsynth.secrets import redact
 
@@ -84,7 +84,7 @@ class OpenAIBackend:
 
     def load(self) -> None:
         """Check that the server answers and serves the model, then start the request loop."""
-        openai = require("openai", "dev")
+        openai = require("openai")
         s, where = self.settings, self._where
         client = openai.OpenAI(base_url=s.base_url, api_key=self._api_key(), max_retries=1, timeout=min(s.timeout_s, 30.0))
         try:

@@ -31,25 +31,22 @@ from collections.abc import Sequence
 from localsynth.backends.base import (
     ChatRequest,
     Completion,
+    InProcessBackend,
     Results,
     group_identical,
 )
-from localsynth.backends.models import DEFAULT_MODEL, resolve_model
-from localsynth.config import GeneratorConfig, Sampling
+from localsynth.backends.models import resolve_model
+from localsynth.backends.settings import GeneratorConfig, Sampling
 from localsynth.errors import MissingExtra, UserError, require
 from localsynth.progress import log
 
 
-class VllmBackend:
+class VllmBackend(InProcessBackend):
     name = "vllm"
-    gpus = 0  # GPUs the loaded engine holds (for GPU-hour accounting)
 
     def __init__(self, cfg: GeneratorConfig):
-        self.cfg = cfg
-        self.settings = cfg.vllm
-        self.model_name = cfg.model or DEFAULT_MODEL
+        super().__init__(cfg, cfg.vllm)
         self.llm = None
-        self.tokenizer = None
         self.max_model_len = 0
         self._ids = itertools.count()
 

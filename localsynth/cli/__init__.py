@@ -26,16 +26,6 @@ app = typer.Typer(
 )
 
 VERBOSE_FLAGS = ("--verbose", "-v")
-# Options that take a value: a following "-v" is that value, not the flag.
-_VALUE_OPTIONS = (
-    "--set", "--mode", "--shard", "--run-dir", "--model", "--real", "--synthetic", "--task", "--out", "--test",
-    "--text-column", "--label-column", "--label-map", "--batch-size", "--max-length", "--device", "--hf-config",
-    "--train-split", "--test-split", "--test-size", "--seed",
-    "--texts", "--metric", "--block-size", "--top-k", "--predictions", "--agreement", "--agreement-column",
-    "--annotators", "--gamma", "--judgments", "--gaps", "--method", "--bootstrap", "--confidence", "--prior",
-    "--stage", "--cell",
-    "--site", "--shards",
-)
 
 
 @app.callback()
@@ -57,6 +47,7 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
     app.command("train")(train.train)
     app.command("evaluate")(evaluate.evaluate)
+    app.command("audit")(__import__("localsynth.cli.audit", fromlist=["audit"]).audit)  # before training
     app.add_typer(analyze.app, name="analyze")
     app.command("experiment")(experiment.experiment)
     from localsynth.cli import slurm as slurm_cli  # SLURM jobs of a stage or a study
@@ -94,12 +85,17 @@ def _cli_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, .
 
 def split_verbose(args: list[str]) -> tuple[list[str], bool]:
     """Remove --verbose / -v wherever it stands (not as the value of an option)."""
+    from typer.main import get_command
+
+    from localsynth.cli.options import value_options
+
+    takes_value = value_options(get_command(app)) if any(a in VERBOSE_FLAGS for a in args) else set()
     out, verbose = [], False
     for i, arg in enumerate(args):
         if arg == "--":
             out += args[i:]
             break
-        if arg in VERBOSE_FLAGS and not (out and out[-1] in _VALUE_OPTIONS):
+        if arg in VERBOSE_FLAGS and not (out and out[-1] in takes_value):
             verbose = True
             continue
         out.append(arg)

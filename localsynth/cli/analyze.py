@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 
+from localsynth.analysis.settings import EMBED_DEFAULTS
 from localsynth.cli.groups import command_group
+from localsynth.cli.options import BatchSizeOption, DeviceOption, MaxLengthOption, TextColumnOption
 from localsynth.errors import UserError
 
 app = command_group("Analyses: diversity of text sets, accuracy against agreement, task subjectivity.")
@@ -52,8 +54,8 @@ def check_score_options(confidence: float, bootstrap: int, prior: float) -> None
 
 
 def _write_table(out: Path, stem: str, table, extra: dict | None = None) -> list[str]:
+    from localsynth.analysis.agreement import markdown_table
     from localsynth.io import write_json_atomic, write_text_atomic
-    from localsynth.subjectivity import markdown_table
 
     write_text_atomic(out / f"{stem}.csv", table.write_csv())
     write_text_atomic(out / f"{stem}.md", markdown_table(table))
@@ -70,25 +72,25 @@ def diversity(
     model: Path | None = typer.Option(None, "--model", help="Local sentence encoder folder. Default: all-MiniLM-L6-v2."),
     metric: str = typer.Option("cosine", "--metric", help="cosine, euclidean or both."),
     block_size: int = typer.Option(4096, "--block-size", help="Rows per block of distances: memory ~ block_size^2 floats."),
-    device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
+    device: DeviceOption = EMBED_DEFAULTS.device,
     top_k: int = typer.Option(5, "--top-k", help="Synthetic neighbours per real text for similarity to real."),
     normalize: bool = typer.Option(True, "--normalize/--raw", help="L2-normalise embeddings (Euclidean measures)."),
-    text_column: str = typer.Option("text", "--text-column", help="The text column of CSV / Parquet inputs."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Texts per forward pass when embedding."),
-    max_length: int = typer.Option(256, "--max-length", help="Tokens per text when embedding."),
+    text_column: TextColumnOption = "text",
+    batch_size: BatchSizeOption = EMBED_DEFAULTS.batch_size,
+    max_length: MaxLengthOption = EMBED_DEFAULTS.max_length,
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse embeddings cached in $LOCALSYNTH_CACHE/embeddings."),
     out: Path | None = typer.Option(None, "--out", help="Write the table: a .json or .csv file."),
 ) -> None:
     """Remote-Clique and Chamfer diversity of each text set, and similarity to real data."""
-    from localsynth import diversity as dv
+    from localsynth.analysis import diversity as dv
+    from localsynth.analysis.embeddings import default_model_dir
 
     metrics = {"cosine": ["cosine"], "euclidean": ["euclidean"], "both": ["cosine", "euclidean"]}.get(metric)
     if metrics is None:
         raise UserError(f"--metric must be cosine, euclidean or both; got '{metric}'")
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise UserError(f"--out {out}: give a .json or .csv file")
-    for flag, value in (("--block-size", block_size), ("--top-k", top_k), ("--batch-size", batch_size),
-                        ("--max-length", max_length)):
+    for flag, value in (("--block-size", block_size), ("--top-k", top_k)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1; got {value}")
     sets = [dv.load_text_set(p, text_column) for p in texts]
@@ -98,7 +100,7 @@ def diversity(
                       device=device, block_size=block_size, k=top_k, normalize=normalize, cache=cache)
     import polars as pl
 
-    from localsynth.subjectivity import markdown_table
+    from localsynth.analysis.agreement import markdown_table
 
     table = pl.DataFrame(rows, infer_schema_length=None)
     typer.echo(markdown_table(table.drop("source")), nl=False)
@@ -108,7 +110,7 @@ def diversity(
         if out.suffix.lower() == ".csv":
             write_text_atomic(out, table.write_csv())
         else:
-            settings = {"model": str(model or dv.default_model_dir()), "metrics": metrics, "normalize": normalize,
+            settings = {"model": str(model or default_model_dir()), "metrics": metrics, "normalize": normalize,
                         "block_size": block_size, "device": device, "top_k": top_k, "max_length": max_length,
                         "seconds": round(time.monotonic() - started, 3)}
             write_json_atomic(out, {"settings": settings, "rows": rows})
@@ -132,7 +134,7 @@ def instances(
     """Accuracy and Macro-F1 on test instances with agreement >= gamma, one curve per condition."""
     import polars as pl
 
-    from localsynth import subjectivity as sj
+    from localsynth.analysis import agreement as sj
     from localsynth.io import write_bytes_atomic
 
     columns = [c.strip() for item in annotators for c in item.split(",") if c.strip()]
@@ -178,27 +180,28 @@ def tasks(
 ) -> None:
     """Bradley-Terry subjectivity score and rank per task; with --gaps, its rank correlation with
     the real-minus-synthetic F1 gap."""
-    from localsynth import subjectivity as sj
-    from localsynth.config import available_tasks
+    from localsynth.analysis import agreement as sj
+    from localsynth.analysis import taskscores as ts
     from localsynth.io import write_bytes_atomic
+    from localsynth.tasks import available_tasks
 
     if method not in ("mm", "logistic"):
         raise UserError(f"--method must be mm or logistic; got '{method}'")
     check_score_options(confidence, bootstrap, prior)
     known = sorted(task) if task else available_tasks()
-    table, summary = sj.task_scores(sj.load_judgments(judgments, known), method=method, bootstrap=bootstrap,
+    table, summary = ts.task_scores(ts.load_judgments(judgments, known), method=method, bootstrap=bootstrap,
                                     seed=seed, confidence=confidence, prior=prior)
-    gap_table = sj.load_gaps(gaps, known) if gaps is not None else None
+    gap_table = ts.load_gaps(gaps, known) if gaps is not None else None
     target = _out_dir(out)
     written = ["task_scores.png"]
     if gap_table is not None:
-        both, stats = sj.gap_correlation(table, gap_table)
+        both, stats = ts.gap_correlation(table, gap_table)
         summary["correlation"] = stats
         table = table.join(gap_table, on="task", how="left")
-        write_bytes_atomic(target / "gap_vs_subjectivity.png", sj.plot_gap(both, stats))
+        write_bytes_atomic(target / "gap_vs_subjectivity.png", ts.plot_gap(both, stats))
         written.append("gap_vs_subjectivity.png")
     files = _write_table(target, "task_subjectivity", table, {"summary": summary})
-    write_bytes_atomic(target / "task_scores.png", sj.plot_scores(table, confidence))
+    write_bytes_atomic(target / "task_scores.png", ts.plot_scores(table, confidence))
     typer.echo(sj.markdown_table(table), nl=False)
     if "correlation" in summary:
         c = summary["correlation"]

@@ -83,9 +83,10 @@ def import_(
 ) -> None:
     """Import real labelled data into OUT/train.parquet and OUT/test.parquet (text, label, other
     columns kept) with a report of empty texts, unknown labels, duplicates and train/test overlap."""
-    from localsynth.config import load_task
-    from localsynth.dataimport import ImportOptions, import_data, parse_label_map, write_import
+    from localsynth.cli.options import parse_label_map
+    from localsynth.data.importer import ImportOptions, import_data, write_import
     from localsynth.io import output_dir
+    from localsynth.tasks import load_task
 
     output_dir(out, "--out")  # a file or a read-only folder: refused before the work
     labels = load_task(task).label_names if task else None
@@ -94,7 +95,10 @@ def import_(
         test=test,
         text_column=text_column,
         label_column=label_column,
-        label_map=parse_label_map(label_map),
+        label_map=parse_label_map(
+            label_map, "OLD=NEW", "0=negative",
+            ": rows without a label are dropped, or kept as they are with --keep-empty",
+        ),
         hf_config=hf_config,
         train_split=train_split,
         test_split=test_split,

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from localsynth.cli.options import BatchSizeOption, DeviceOption, MaxLengthOption, TextColumnOption
+from localsynth.training.config import EVAL_DEFAULTS
+
 
 def evaluate(
     model: Path = typer.Argument(
@@ -13,20 +16,21 @@ def evaluate(
     ),
     test: Path = typer.Option(..., "--test", help="Real test data: a CSV, TSV, JSONL or Parquet file."),
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, predictions.parquet, confusion.png."),
-    text_column: str = typer.Option("text", "--text-column", help="The test file's text column."),
+    text_column: TextColumnOption = "text",
     label_column: str = typer.Option("label", "--label-column", help="The test file's label column."),
     label_map: list[str] = typer.Option(
         [], "--label-map", help="Rename a test label to the model's: --label-map 0=ham (repeatable)."
     ),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Texts per forward pass."),
-    max_length: int = typer.Option(256, "--max-length", min=1, help="Tokens per text; longer texts are truncated."),
-    device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
+    batch_size: BatchSizeOption = EVAL_DEFAULTS.batch_size,
+    max_length: MaxLengthOption = EVAL_DEFAULTS.max_length,
+    device: DeviceOption = EVAL_DEFAULTS.device,
 ) -> None:
     """Evaluate a classifier on real test data: Macro-F1, accuracy, per-class scores, confusion matrix."""
-    from localsynth.evaluate import evaluate_model, file_sha256, load_test, parse_label_map, summary
+    from localsynth.cli.options import parse_label_map
     from localsynth.io import output_dir
+    from localsynth.training.evaluate import evaluate_model, file_sha256, load_test, summary
 
-    mapping = parse_label_map(label_map)
+    mapping = parse_label_map(label_map, "TEST_LABEL=MODEL_LABEL", "0=ham")
     output_dir(out, "--out")
     test_df = load_test(test, text_column, label_column, mapping)
     source = {

@@ -17,8 +17,8 @@ SHARDS = typer.Option(None, "--shards", help="Array tasks per generation run (de
 
 
 def _plan(config: Path, set_: list[str], site: Path | None, shards: int | None):
-    from localsynth.slurmplan import build
-    from localsynth.slurmrun import write_scripts
+    from localsynth.cluster.plan import build
+    from localsynth.cluster.submit import write_scripts
 
     built = build(config, list(set_), site, shards)
     write_scripts(built.jobs)
@@ -39,7 +39,7 @@ def render(config: Path = CONFIG, site: Path | None = SITE, set_: list[str] = SE
 def submit(config: Path = CONFIG, site: Path | None = SITE, set_: list[str] = SET, shards: int | None = SHARDS) -> None:
     """Submit every job whose work is not complete, with afterok dependencies; a resubmit sends
     only the missing shards and cells."""
-    from localsynth.slurmrun import submit as do_submit
+    from localsynth.cluster.submit import submit as do_submit
 
     built = _plan(config, set_, site, shards)
     entries = do_submit(built.jobs, built.settings, built.slurm_dir, str(config))
@@ -61,11 +61,11 @@ def status(
 ) -> None:
     """Each job's state from squeue / scontrol (sacct when accounting runs), merged with the
     completion markers on disk."""
+    from localsynth.cluster.plan import slurm_dir_of, split_overrides
+    from localsynth.cluster.settings import load_slurm_settings
+    from localsynth.cluster.submit import read_record
+    from localsynth.cluster.submit import status as do_status
     from localsynth.errors import UserError
-    from localsynth.slurmconfig import load_slurm_settings
-    from localsynth.slurmplan import slurm_dir_of, split_overrides
-    from localsynth.slurmrun import read_record
-    from localsynth.slurmrun import status as do_status
 
     slurm_dir = slurm_dir_of(config, site, list(set_))
     if not read_record(slurm_dir)["submissions"]:
@@ -116,9 +116,9 @@ def _print(rows: list[dict], all_tasks: bool) -> None:
 @app.command("cancel")
 def cancel(config: Path = CONFIG, site: Path | None = SITE, set_: list[str] = SET) -> None:
     """Cancel the queued and running jobs of the last submission (finished shards stay done)."""
-    from localsynth.slurmconfig import load_slurm_settings
-    from localsynth.slurmplan import slurm_dir_of, split_overrides
-    from localsynth.slurmrun import cancel as do_cancel
+    from localsynth.cluster.plan import slurm_dir_of, split_overrides
+    from localsynth.cluster.settings import load_slurm_settings
+    from localsynth.cluster.submit import cancel as do_cancel
 
     slurm_dir = slurm_dir_of(config, site, list(set_))
     timeout = load_slurm_settings(site, _section(config), split_overrides(list(set_))[0]).submit_timeout_s

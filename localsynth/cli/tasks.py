@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from localsynth.config import available_tasks, load_task
+from localsynth.tasks import available_tasks, load_task
 
 
 def tasks() -> None:

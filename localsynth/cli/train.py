@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from localsynth.trainconfig import load_train_config
+from localsynth.cli.options import SetOption
+from localsynth.training.config import load_train_config
 
 
 def train(
@@ -19,7 +20,7 @@ def train(
     synthetic: list[str] = typer.Option([], "--synthetic", help="A generation run directory (repeatable)."),
     task: str | None = typer.Option(None, "--task", help="Task whose label set to use."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (checkpoints, model, record)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set training.epochs=5 (repeatable)."),
+    set_: SetOption = None,
     allow_partial: bool = typer.Option(
         False, "--allow-partial", help="Train on the finished shards of a generation run that has unfinished ones."
     ),
@@ -35,14 +36,14 @@ def train(
         base["task"] = task
     if out:
         base["out_dir"] = str(out)
-    cfg = load_train_config(config, list(set_), base)
+    cfg = load_train_config(config, list(set_ or []), base)
     from localsynth.io import output_dir
 
     if not (Path(cfg.out_dir) / "train.done").is_file():
         output_dir(Path(cfg.out_dir), "out_dir (--out)")
     from localsynth.progress import log
-    from localsynth.train import run_train
-    from localsynth.traindata import allow_partial_runs
+    from localsynth.training.rows import allow_partial_runs
+    from localsynth.training.train import run_train
 
     allow_partial_runs.set(allow_partial)
     record = run_train(cfg)

@@ -1,0 +1,1 @@
+"""Real datasets: the study's sources and `localsynth data import`."""

@@ -1,0 +1,1 @@
+"""Generation stage: prompts, the request plan, cleaning and filters, one shard's run, its run directory."""
