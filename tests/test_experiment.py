@@ -26,6 +26,7 @@ REPORT_FILES = [
     "subjectivity/financial_phrasebank-instance_agreement.csv", "subjectivity/financial_phrasebank-instance_agreement.md",
     "subjectivity/financial_phrasebank-instance_agreement.png", "subjectivity/task_subjectivity.csv",
     "subjectivity/task_subjectivity.md", "subjectivity/gap_vs_subjectivity.png",
+    "quality.csv", "quality.md", "quality_correlation.csv", "quality_correlation.md",
 ]
 
 
@@ -273,3 +274,24 @@ def test_one_training_task_reads_the_plan_instead_of_planning_again(study_inputs
     assert read.data == written.data
     with pytest.raises(AssertionError, match="planned the whole grid again"):
         study_plan.current_plan(cfg.model_copy(update={"seeds": [7]}), str(TINY_STUDY))
+
+
+@pytest.mark.slow  # more than 10 s: outside the fast tier
+def test_every_synthetic_set_is_audited_and_its_signals_reported(study):
+    """Each generation run has a complete audit before the report; the quality table holds its
+    numbers; cells.csv says how contaminated the synthetic rows of each cell were."""
+    report = study["out"] / "report"
+    plan = json.loads((study["out"] / "plan.json").read_text())
+    quality = pl.read_csv(report / "quality.csv")
+    for run in plan["generate"]:
+        audit = json.loads((Path(run["run_dir"]) / "audit" / "report.json").read_text())
+        assert audit["complete"] is True
+        row = quality.filter((pl.col("task") == run["task"]) & (pl.col("set") == run["mode"])).row(0, named=True)
+        assert row["rows"] == audit["rows"] > 0
+        assert row["flagged_share"] == pytest.approx(audit["noise"]["share"])
+        assert row["contaminated_share"] == pytest.approx(audit["contamination"]["test"]["contaminated"]["share"])
+    correlation = pl.read_csv(report / "quality_correlation.csv")
+    assert set(correlation["signal"]) >= {"fidelity", "flagged_share", "contaminated_share"}
+    assert correlation["rho"].is_null().all()  # two synthetic sets of one task: too few to rank
+    cells = pl.read_csv(report / "cells.csv")
+    assert cells.filter(pl.col("condition") == "real")["contaminated_share"].to_list() == [0.0] * 2

@@ -48,7 +48,7 @@ def experiment(
         return
     if stage in (Stage.all, Stage.generate):
         needed = {need for c in todo for need in c.needs} if stage == Stage.all else None
-        generate_runs(plan, sorted(needed) if needed is not None else None)
+        generate_runs(plan, sorted(needed) if needed is not None else None, cfg.analysis)
     if stage in (Stage.all, Stage.train):
         run_cells(plan, cfg, plan.cell(cell) if cell is not None else None)
     if stage in (Stage.all, Stage.report):

@@ -83,6 +83,14 @@ class Analysis(Strict):
     gap_condition: Literal["zero-shot", "few-shot"] = Field(
         default="zero-shot", description="The synthetic condition of the real-minus-synthetic F1 gap."
     )
+    audit: bool = Field(
+        default=True, description="Audit every synthetic set before training (localsynth audit); the report "
+        "correlates each signal with the F1 gap.",
+    )
+    audit_judge: bool = Field(
+        default=True, description="In the audit, the generator judges each text's label (with SmolLM2 on a "
+        "2-core CPU about 3 texts/s).",
+    )
 
     @field_validator("gammas")
     @classmethod

@@ -31,6 +31,7 @@ from localsynth.progress import log
 from localsynth.study import verdicts
 from localsynth.study.config import ExperimentConfig
 from localsynth.study.plan import Plan, size_tag
+from localsynth.study.quality import audit_runs, cell_contamination, quality_section
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -55,32 +56,40 @@ def cell_results(plan: Plan) -> pl.DataFrame:
 def table1(cells: pl.DataFrame) -> pl.DataFrame:
     """Mean and sample standard deviation over seeds (null with one seed)."""
     keys = ["task", "condition", "model", "size"]
+    audited = [pl.col("contaminated_share").max()] if "contaminated_share" in cells.columns else []
     return (cells.group_by(keys, maintain_order=True)
             .agg(pl.len().alias("seeds"),
                  pl.col("macro_f1").mean().alias("macro_f1_mean"), pl.col("macro_f1").std().alias("macro_f1_sd"),
                  pl.col("accuracy").mean().alias("accuracy_mean"), pl.col("accuracy").std().alias("accuracy_sd"),
-                 pl.col("train_rows").mean().round(0).cast(pl.Int64).alias("train_rows")))
+                 pl.col("train_rows").mean().round(0).cast(pl.Int64).alias("train_rows"), *audited))
 
 
 def _pm(mean: float, sd: float | None) -> str:
     return f"{mean:.3f}" if sd is None else f"{mean:.3f} ± {sd:.3f}"
 
 
+def _contaminated(row: dict[str, Any]) -> str:
+    share = row.get("contaminated_share")
+    return f" CONTAMINATED {100 * share:.1f}%" if share else ""
+
+
 def table1_markdown(table: pl.DataFrame) -> str:
     """The paper's shape: one row per task, a column per model and condition; each cell
     'Macro-F1 (accuracy)', mean ± sd over seeds."""
     blocks = []
+    legend = "; CONTAMINATED: its synthetic rows include real test texts, by the audit" \
+        if "contaminated_share" in table.columns else ""
     for (size,), part in table.group_by("size", maintain_order=True):
         columns = list(dict.fromkeys(f"{m} · {c}" for m, c in part.select("model", "condition").iter_rows()))
         lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
         for (task,), rows in part.group_by("task", maintain_order=True):
             by = {f"{r['model']} · {r['condition']}": r for r in rows.iter_rows(named=True)}
             cells = [f"{_pm(r['macro_f1_mean'], r['macro_f1_sd'])} ({_pm(r['accuracy_mean'], r['accuracy_sd'])}) "
-                     f"n={r['train_rows']}" if (r := by.get(col)) else "" for col in columns]
+                     f"n={r['train_rows']}{_contaminated(r)}" if (r := by.get(col)) else "" for col in columns]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         title = "all training rows" if size == "all" else f"up to {size.removeprefix('n')} training rows per label and source"
         blocks.append(f"Macro-F1 (accuracy), mean ± sd over seeds; {title} (n: the rows each cell really "
-                      f"trained on, mean over seeds; a synthetic set short of its quota shows here):\n\n"
+                      f"trained on, mean over seeds; a synthetic set short of its quota shows here{legend}):\n\n"
                       + "\n".join(lines) + "\n")
     return "\n".join(blocks)
 
@@ -305,6 +314,9 @@ def write_report(plan: Plan, cfg: ExperimentConfig) -> Path:
     target = Path(plan.report_dir)
     (target / "subjectivity").mkdir(parents=True, exist_ok=True)
     cells = cell_results(plan)
+    if cfg.analysis.audit:  # a SLURM study's runs were not audited by their generation jobs
+        audit_runs(plan, cfg.analysis)
+        cells = cell_contamination(plan, cells)
     table = table1(cells)
     update_text(target / "cells.csv", cells.write_csv())
     update_text(target / "table1.csv", table.write_csv())
@@ -322,6 +334,8 @@ def write_report(plan: Plan, cfg: ExperimentConfig) -> Path:
                      "Remote-Clique: mean distance to the other texts; Chamfer: mean distance to the nearest other "
                      "text (higher = more diverse); similarity to real: for each real text, the mean cosine of its 5 "
                      f"most similar texts of the set. Sets sampled to {div['n'][0]} texts.\n", markdown_table(div)]
+    if cfg.analysis.audit:
+        sections += quality_section(plan, cells, div, target)
     curves = instance_curves(plan, cfg, target / "subjectivity")
     if curves:
         sections.append("## Accuracy against instance agreement\n")

@@ -13,12 +13,14 @@ import os
 
 from localsynth.errors import UserError
 from localsynth.progress import log
-from localsynth.study.config import ExperimentConfig
+from localsynth.study.config import Analysis, ExperimentConfig
 from localsynth.study.plan import Cell, Plan
+from localsynth.study.quality import audit_runs
 
 
-def generate_runs(plan: Plan, only: list[str] | None = None) -> None:
-    """Every shard of every generation run the cells need (or `only` those runs), in turn."""
+def generate_runs(plan: Plan, only: list[str] | None = None, analysis: Analysis | None = None) -> None:
+    """Every shard of every generation run the cells need (or `only` those runs), in turn; with
+    `analysis.audit`, each finished run is then audited with the same engine as its judge."""
     from localsynth.backends import make_backend
     from localsynth.backends.reused import ReusedBackend, engine_key
     from localsynth.generation.run import run_generate
@@ -29,17 +31,18 @@ def generate_runs(plan: Plan, only: list[str] | None = None) -> None:
         for run in plan.generate:
             if only is not None and run.id not in only:
                 continue
-            if run.is_done():
-                log(f"generation {run.id}: done, skipped")
-                continue
             cfg = run.cfg
             engine = engines.get(key := engine_key(cfg.generator))
-            if engine is None:
+            if engine is None:  # loaded on first use: a study whose runs are done loads nothing
                 engine = engines[key] = ReusedBackend(make_backend(cfg.generator))
-            for index in range(run.shards):
+            if run.is_done():
+                log(f"generation {run.id}: done, skipped")
+            for index in range(run.shards) if not run.is_done() else ():
                 shard = Shard(index, run.shards)
                 log(f"generation {run.id}: shard {shard}")
                 run_generate(cfg, shard, run.run_dir, backend=engine)
+            if analysis is not None and analysis.audit:
+                audit_runs(plan, analysis, [run], engine)
     finally:
         for engine in engines.values():
             engine.shutdown()

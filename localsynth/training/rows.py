@@ -14,6 +14,7 @@ import polars as pl
 
 from localsynth.errors import UserError
 from localsynth.generation.rundir import Shard, ShardPaths
+from localsynth.progress import log
 from localsynth.tasks import DataSource
 from localsynth.training.config import TrainConfig, TrainSource
 
@@ -43,7 +44,7 @@ def finished_shards(run_dir: Path, key: str, allow_partial: bool) -> list[Path]:
     """The row files of a generation run's shards, refusing a run with unfinished shards unless
     `allow_partial`, and always one that mixes shard counts (its rows would count twice). A shard
     is finished when its `.done` marker exists: the marker is written last, and whatever stays
-    beside it (a write-ahead log a kill left) is a leftover (experiment.run_is_done agrees)."""
+    beside it (a write-ahead log a kill left) is a leftover (GenerationRun.is_done agrees)."""
     shards = run_dir / "shards"
     if not shards.is_dir():
         raise UserError(f"{key}.run_dir: {run_dir} is not a generation run directory (no shards/); check the path")
@@ -75,8 +76,6 @@ def finished_shards(run_dir: Path, key: str, allow_partial: bool) -> list[Path]:
             f"{run_dir / 'config.yaml'}; on SLURM, resubmit the array), then train{partial}"
         )
     if missing:
-        from localsynth.progress import log
-
         log(f"warning: {key}: training on {len(done)} of {count} shards of {run_dir} (--allow-partial); missing: "
             f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
     return done
@@ -89,6 +88,10 @@ def read_synthetic(source: TrainSource, key: str, allow_partial: bool | None = N
         allow_partial = bool(getattr(source, "allow_partial", False)) or allow_partial_runs.get()
     run_dir = Path(os.path.expanduser(source.run_dir))
     files = finished_shards(run_dir, key, allow_partial)
+    from localsynth.audit.study import train_warning
+
+    if warning := train_warning(run_dir):  # an audit found rows of the real test set among them
+        log(warning)
     rows = pl.read_parquet(files, columns=["text", "label", "kept"]).filter("kept").select("text", "label")
     if source.label_map:
         rows = rows.with_columns(pl.col("label").replace(source.label_map))
