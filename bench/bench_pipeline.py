@@ -35,7 +35,7 @@ from machine import cpu_name
 
 from localsynth.backends.base import Completion
 from localsynth.generation.config import load_generate_config
-from localsynth.generation.run import run_generate
+from localsynth.generation.run import generate_shard
 from localsynth.generation.rundir import Shard, ShardPaths
 
 
@@ -96,7 +96,7 @@ def overhead(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config(n, Path(tmp) / "run")
         start = time.perf_counter()
-        stats = run_generate(cfg, Shard(0, 1), Path(tmp) / "run", backend=InstantBackend(texts))
+        stats = generate_shard(cfg, Shard(0, 1), Path(tmp) / "run", backend=InstantBackend(texts))
         pipeline_s = time.perf_counter() - start
         rows = pl.read_parquet(ShardPaths(Path(tmp) / "run", Shard(0, 1)).rows)
 
@@ -148,7 +148,7 @@ def scale_step(step: str, n: int, run_dir: Path) -> dict:
     backend = InstantBackend(texts, start=logged, chunk=chunk, die_after=int(n * 0.9) if step == "kill" else None)
     base = _rss_mib()
     start = time.perf_counter()
-    stats = run_generate(config(n, run_dir), Shard(0, 1), run_dir, backend=backend)
+    stats = generate_shard(config(n, run_dir), Shard(0, 1), run_dir, backend=backend)
     seconds = time.perf_counter() - start
     out = {"seconds": seconds, "peak_mib": _peak_mib(), "base_mib": base, "log_bytes": log_bytes.get("bytes"),
            "from_log": stats["requests_from_log"], "requests": stats["requests"], "rows": _fingerprint(paths.rows)}

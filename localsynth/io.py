@@ -54,7 +54,7 @@ def os_error_message(exc: OSError, key: str) -> str | None:
     return f"cannot use {where} ({exc.strerror or type(exc).__name__}): {fix}"
 
 
-def _tmp(path: Path) -> Path:
+def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
@@ -88,7 +88,7 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _commit(tmp: Path, path: Path) -> None:
+def commit_file(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as fh:  # flush to disk so a crash cannot leave an empty "complete" file
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -97,16 +97,16 @@ def _commit(tmp: Path, path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
+    tmp = temp_path(path)
     tmp.write_text(text, encoding="utf-8")
-    _commit(tmp, path)
+    commit_file(tmp, path)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
+    tmp = temp_path(path)
     tmp.write_bytes(data)
-    _commit(tmp, path)
+    commit_file(tmp, path)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -115,9 +115,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
+    tmp = temp_path(path)
     df.write_parquet(tmp, compression="zstd")
-    _commit(tmp, path)
+    commit_file(tmp, path)
 
 
 def update_text(path: Path, text: str) -> bool:

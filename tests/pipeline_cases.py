@@ -17,7 +17,7 @@ import polars as pl
 
 from localsynth.backends.base import Completion
 from localsynth.generation.config import load_generate_config
-from localsynth.generation.run import run_generate
+from localsynth.generation.run import generate_shard
 from localsynth.generation.rundir import Shard, ShardPaths
 
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ro", "su", "ti") for b in ("n", "r", "s", "t", "x", "m")]
@@ -128,7 +128,7 @@ def run_case(tmp: Path, name: str) -> pl.DataFrame:
     overrides, shard, options = cases(tmp)[name]
     run_dir = tmp / name
     cfg = load_generate_config(None, overrides + ["progress=off", f"run_dir={run_dir}"])
-    run_generate(cfg, shard, run_dir, backend=ScriptedBackend(**options))
+    generate_shard(cfg, shard, run_dir, backend=ScriptedBackend(**options))
     return pl.read_parquet(ShardPaths(run_dir, shard).rows)
 
 

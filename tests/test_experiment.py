@@ -250,7 +250,7 @@ def test_shipped_study_configs_validate():
     assert [p.stem for p in files] == ["study-paper-grid", "study-smol-cpu", "study-tiny-cpu"]
     paper = load_experiment_config(files[0])
     assert len(paper.tasks) == 10 and len(paper.models) == 2 and len(paper.seeds) == 3
-    assert paper.generation.quota.per_label == 3000 and paper.modes == ["zero-shot", "few-shot"]
+    assert paper.generation.quota.per_label == 3000 and paper.synthetic_sets == ["zero-shot", "few-shot"]
     tiny = load_experiment_config(files[1])
     assert tiny.models == {"minilm": "all-MiniLM-L6-v2"}
 
@@ -295,3 +295,23 @@ def test_every_synthetic_set_is_audited_and_its_signals_reported(study):
     assert correlation["rho"].is_null().all()  # two synthetic sets of one task: too few to rank
     cells = pl.read_csv(report / "cells.csv")
     assert cells.filter(pl.col("condition") == "real")["contaminated_share"].to_list() == [0.0] * 2
+
+
+def test_the_audited_condition_is_its_own_judged_few_shot_run(study_inputs, tmp_path):
+    """few-shot+audited: a few-shot run of its own with filters.judge: drop, the same quota, and
+    cells that train on it alone."""
+    from localsynth.study.config import load_experiment_config
+    from localsynth.study.plan import make_plan
+
+    overrides = [*study_args(study_inputs, tmp_path / "out")[5::2], "conditions=[real,few-shot,few-shot+audited]"]
+    plan = make_plan(load_experiment_config(TINY_STUDY, overrides, tmp_path / "out"), str(TINY_STUDY))
+    runs = {run.set_name: run for run in plan.generate}
+    assert sorted(runs) == ["few-shot", "few-shot+audited"]
+    audited, plain = (yaml.safe_load(runs[s].config.read_text()) for s in ("few-shot+audited", "few-shot"))
+    assert audited["mode"] == "few-shot" and audited["filters"]["judge"] == "drop" and "judge" not in plain["filters"]
+    assert audited["quota"] == plain["quota"] and audited["task"] == plain["task"]
+    assert runs["few-shot+audited"].slug == "financial_phrasebank-few-shot-audited"
+    cells = [c for c in plan.cells if c.condition == "few-shot+audited"]
+    assert cells and all(c.needs == ["financial_phrasebank/few-shot+audited"] for c in cells)
+    train = yaml.safe_load(Path(cells[0].train_config).read_text())
+    assert [s["run_dir"] for s in train["train"]] == [str(runs["few-shot+audited"].run_dir)]

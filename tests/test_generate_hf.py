@@ -10,13 +10,14 @@ import sys
 import time
 
 import polars as pl
+import yaml
 import pytest
 from helpers import REPO, generate_config, run_cli, write_yaml
 
 from localsynth.backends.base import Completion
 from localsynth.errors import UserError
 from localsynth.generation.config import GenerateConfig, load_generate_config
-from localsynth.generation.run import ShardIncomplete, run_generate
+from localsynth.generation.run import ShardIncomplete, generate_shard
 from localsynth.generation.rundir import CompletionLog, Shard, ShardPaths
 from localsynth.schema import validate_rows
 
@@ -27,7 +28,7 @@ def load(tmp_path, model, **extra) -> GenerateConfig:
 
 def test_zero_shot_shard_meets_quotas_and_keeps_the_raw(tmp_path, tiny_llama):
     cfg = load(tmp_path, tiny_llama)
-    stats = run_generate(cfg, Shard(0, 1), tmp_path / "run")
+    stats = generate_shard(cfg, Shard(0, 1), tmp_path / "run")
     paths = ShardPaths(tmp_path / "run", Shard(0, 1))
     assert paths.done.is_file() and paths.stats.is_file() and (tmp_path / "run" / "config.yaml").is_file()
     assert not paths.log_dir.exists()
@@ -50,7 +51,7 @@ def test_zero_shot_shard_meets_quotas_and_keeps_the_raw(tmp_path, tiny_llama):
 
 def test_history_holds_the_cleaned_replies(tmp_path, tiny_llama):
     cfg = load(tmp_path, tiny_llama)
-    run_generate(cfg, Shard(0, 1), tmp_path / "run")
+    generate_shard(cfg, Shard(0, 1), tmp_path / "run")
     df = pl.read_parquet(ShardPaths(tmp_path / "run", Shard(0, 1)).rows)
     by_id = {r["id"]: r for r in df.iter_rows(named=True)}
     for row in by_id.values():
@@ -73,7 +74,7 @@ def test_few_shot_shows_fresh_real_examples(tmp_path, tiny_llama):
     cfg_dict = generate_config(tmp_path, tiny_llama, mode="few-shot")
     path = write_yaml(tmp_path / "gen.yaml", cfg_dict)
     cfg = load_generate_config(path, [f"task.few_shot.{k}={json.dumps(v)}" for k, v in task_override["few_shot"].items()])
-    run_generate(cfg, Shard(0, 1), tmp_path / "run")
+    generate_shard(cfg, Shard(0, 1), tmp_path / "run")
     df = pl.read_parquet(ShardPaths(tmp_path / "run", Shard(0, 1)).rows)
     assert (df["examples"].list.len() == 2).all()
     for row in df.iter_rows(named=True):
@@ -86,7 +87,7 @@ def test_shards_partition_the_work(tmp_path, tiny_llama):
     cfg = load(tmp_path, tiny_llama, quota={"per_label": 5})
     frames = []
     for i in range(2):
-        run_generate(cfg, Shard(i, 2), tmp_path / "run")
+        generate_shard(cfg, Shard(i, 2), tmp_path / "run")
         frames.append(pl.read_parquet(ShardPaths(tmp_path / "run", Shard(i, 2)).rows))
     df = pl.concat(frames)
     assert df["id"].n_unique() == df.height
@@ -118,7 +119,7 @@ class RepeatingBackend:
 def test_quota_tops_up_then_reports_the_shortfall(tmp_path):
     cfg = load(tmp_path, None, quota={"per_label": 4, "max_topup_rounds": 2})
     backend = RepeatingBackend("the very same {label} text every time")
-    stats = run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=backend)
+    stats = generate_shard(cfg, Shard(0, 1), tmp_path / "run", backend=backend)
     # one text per label is kept (later copies are duplicates)
     assert stats["kept"] == 2
     assert stats["shortfall_per_label"] == {"ham": 3, "spam": 3}
@@ -132,7 +133,7 @@ def test_refusals_and_bad_outputs_are_rows_not_crashes(tmp_path):
     cfg = load(tmp_path, None, quota={"per_label": 2, "max_topup_rounds": 0})
     run = tmp_path / "run"
     with pytest.raises(ShardIncomplete, match="no text was kept for ham, spam"):
-        run_generate(cfg, Shard(0, 1), run, backend=RepeatingBackend("I'm sorry, but I cannot write that."))
+        generate_shard(cfg, Shard(0, 1), run, backend=RepeatingBackend("I'm sorry, but I cannot write that."))
     paths = ShardPaths(run, Shard(0, 1))
     stats = json.loads(paths.stats.read_text())  # the reasons are on disk, as rows would be
     assert stats["kept"] == 0 and stats["dropped"] == {"refusal": stats["requests"]}
@@ -141,10 +142,10 @@ def test_refusals_and_bad_outputs_are_rows_not_crashes(tmp_path):
 
 def test_resume_refuses_a_changed_config(tmp_path, tiny_llama):
     cfg = load(tmp_path, tiny_llama)
-    run_generate(cfg, Shard(0, 1), tmp_path / "run")
+    generate_shard(cfg, Shard(0, 1), tmp_path / "run")
     changed = cfg.model_copy(update={"seed": 99})
     with pytest.raises(UserError, match="seed"):
-        run_generate(changed, Shard(1, 2), tmp_path / "run")
+        generate_shard(changed, Shard(1, 2), tmp_path / "run")
 
 
 def test_dry_run_prints_plan_and_cost(tmp_path, tiny_llama, cli_env):
@@ -222,7 +223,7 @@ def test_failed_requests_leave_the_shard_incomplete_and_are_retried(tmp_path):
     cfg = load(tmp_path, None, quota={"per_label": 2, "max_topup_rounds": 1}, filters={"near_duplicate_jaccard": None})
     paths = ShardPaths(tmp_path / "run", Shard(0, 1))
     with pytest.raises(ShardIncomplete, match="rerun the same command"):
-        run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
+        generate_shard(cfg, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
     assert not paths.done.exists() and not paths.rows.exists()
 
     class Counting(RepeatingBackend):
@@ -231,7 +232,7 @@ def test_failed_requests_leave_the_shard_incomplete_and_are_retried(tmp_path):
             yield [(i, Completion(f"distinct text number {r.seed} here", "stop", 3, 3)) for i, r in enumerate(requests)]
 
     backend = Counting()
-    stats = run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=backend)
+    stats = generate_shard(cfg, Shard(0, 1), tmp_path / "run", backend=backend)
     assert backend.calls >= 1 and stats["requests_from_log"] == 0  # failures are asked again, not replayed
     assert stats["kept_per_label"] == {"ham": 2, "spam": 2} and paths.done.is_file()
 
@@ -275,7 +276,7 @@ def test_permanent_failures_finish_the_shard_and_are_not_asked_again(tmp_path):
     cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"vllm": with_limit})})
 
     # only permanent failures and a shortfall: complete, not "rerun the same command" forever
-    stats = run_generate(cfg, Shard(0, 1), tmp_path / "a", backend=ContextLimitBackend())
+    stats = generate_shard(cfg, Shard(0, 1), tmp_path / "a", backend=ContextLimitBackend())
     paths = ShardPaths(tmp_path / "a", Shard(0, 1))
     assert paths.done.is_file() and stats["shortfall_per_label"] and stats["dropped"]["request_invalid"] > 0
     rows = pl.read_parquet(paths.rows)
@@ -285,21 +286,21 @@ def test_permanent_failures_finish_the_shard_and_are_not_asked_again(tmp_path):
     # a retryable failure (spam is down) leaves the shard unfinished, and says what to change too
     backend = ContextLimitBackend(down_for="spam")
     with pytest.raises(ShardIncomplete, match="rerun the same command") as failed:
-        run_generate(cfg, Shard(0, 1), tmp_path / "b", backend=backend)
+        generate_shard(cfg, Shard(0, 1), tmp_path / "b", backend=backend)
     assert "max_model_len" in str(failed.value)
     too_long = {i for i in backend.asked if "/ham/" in i and not i.endswith("/t0")}
     assert too_long
 
     backend = ContextLimitBackend(down_for="spam")  # the same settings again
     with pytest.raises(ShardIncomplete):
-        run_generate(cfg, Shard(0, 1), tmp_path / "b", backend=backend)
+        generate_shard(cfg, Shard(0, 1), tmp_path / "b", backend=backend)
     assert backend.asked and all("/spam/" in i for i in backend.asked)  # the server error only
 
     # max_model_len (and engine sizing) may change on resume: the prompts it now fits are asked again
     vllm = cfg.generator.vllm.model_copy(update={"max_model_len": 4096, "max_num_seqs": 8, "cpu_kv_cache_gib": 1.0})
     raised = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"vllm": vllm})})
     backend = ContextLimitBackend(limit=4096)
-    stats = run_generate(raised, Shard(0, 1), tmp_path / "b", backend=backend)
+    stats = generate_shard(raised, Shard(0, 1), tmp_path / "b", backend=backend)
     # (the top-up conversations of the earlier attempts are not needed now: the quota fills first)
     assert "sms_spam/ham/c0/t1" in too_long and "sms_spam/ham/c0/t1" in backend.asked
     assert not any("/ham/" in i and i.endswith("/t0") for i in backend.asked)  # replayed from the log
@@ -311,11 +312,11 @@ def test_settings_that_decide_the_rows_still_refuse_a_resume(tmp_path):
 
     cfg = load(tmp_path, None, quota={"per_label": 2})
     with pytest.raises(ShardIncomplete):
-        run_generate(cfg, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
+        generate_shard(cfg, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
     hf = cfg.generator.hf.model_copy(update={"batch_size": 3})  # picks each request's random stream
     changed = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"hf": hf})})
     with pytest.raises(UserError, match="generator.hf.batch_size"):
-        run_generate(changed, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
+        generate_shard(changed, Shard(0, 1), tmp_path / "run", backend=FailingBackend())
 
 
 @pytest.mark.parametrize(("error", "permanent"), [
@@ -455,3 +456,29 @@ def test_a_log_cut_anywhere_by_a_kill_keeps_its_whole_chunks(tmp_path):
     resumed.add([("r3-0", Completion("x", "stop", 1, 1))])
     resumed.close()
     assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["part-000000.arrows", "part-000001.arrows"]
+
+
+def test_judge_filter_drops_what_the_generator_labels_otherwise(tmp_path, tiny_llama):
+    """filters.judge: drop. The generator judges every text that passed the other filters, before
+    dedup and quotas. The tiny random model, as a judge, answers 'ham' whatever the text (checked
+    here first), so spam texts are all dropped as judge_mismatch and topped up in vain: the shard
+    is not marked complete and the message names the label; ham fills its quota."""
+    from localsynth.audit.judge import Judge
+    from localsynth.generation.run import ShardIncomplete
+
+    cfg = load(tmp_path, tiny_llama, filters={"drop_truncated": False, "judge": "drop"},
+               quota={"per_label": 4, "max_topup_rounds": 2})
+    judge = Judge(cfg.generator)
+    try:
+        probe = judge.judge(["win a free prize now, call 0800", "see you at lunch", "urgent! claim your cash"],
+                            cfg.task.label_names)
+    finally:
+        judge.close()
+    assert probe.labels == ["ham", "ham", "ham"]
+    with pytest.raises(ShardIncomplete, match=r"no text was kept for spam .*judge_mismatch"):
+        generate_shard(cfg, Shard(0, 1), tmp_path / "run")
+    paths = ShardPaths(tmp_path / "run", Shard(0, 1))
+    stats = json.loads(paths.stats.read_text())
+    assert stats["kept_per_label"] == {"ham": 4, "spam": 0}
+    assert stats["dropped"]["judge_mismatch"] > 0 and not paths.done.exists()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["filters"]["judge"] == "drop"

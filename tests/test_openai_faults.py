@@ -18,7 +18,7 @@ from fault_server import API_KEY, MODEL, FaultServer, openai_config
 from helpers import generate_config, run_cli, write_yaml
 
 from localsynth.generation.config import load_generate_config
-from localsynth.generation.run import run_generate
+from localsynth.generation.run import generate_shard
 from localsynth.generation.rundir import Shard
 
 
@@ -26,7 +26,7 @@ def run(cfg_dict: dict, tmp_path: Path, *overrides: str) -> tuple[dict, pl.DataF
     """Generate one shard in-process (the server lives in this process)."""
     cfg = load_generate_config(write_yaml(tmp_path / "gen.yaml", cfg_dict), list(overrides))
     run_dir = Path(cfg_dict["run_dir"])
-    stats = run_generate(cfg, Shard(0, 1), run_dir)
+    stats = generate_shard(cfg, Shard(0, 1), run_dir)
     rows = pl.read_parquet(run_dir / "shards" / "00000-of-00001.parquet")
     return stats, rows
 

@@ -24,7 +24,7 @@ from localsynth.generation import filters as F
 from localsynth.generation import run as run_module
 from localsynth.generation.accept import KeptIndex, decide
 from localsynth.generation.config import load_generate_config
-from localsynth.generation.run import run_generate
+from localsynth.generation.run import generate_shard
 from localsynth.generation.rundir import ShardPaths
 
 FINGERPRINTS = {
@@ -52,7 +52,7 @@ def test_small_waves_give_the_same_rows(tmp_path, monkeypatch, name):
 def test_the_fingerprint_sees_a_changed_seed(tmp_path):
     overrides, shard, options = cases(tmp_path)["zero_no_near"]
     cfg = load_generate_config(None, overrides + ["seed=1", "progress=off", f"run_dir={tmp_path / 'r'}"])
-    run_generate(cfg, shard, tmp_path / "r", backend=ScriptedBackend(**options))
+    generate_shard(cfg, shard, tmp_path / "r", backend=ScriptedBackend(**options))
     assert fingerprint(pl.read_parquet(ShardPaths(tmp_path / "r", shard).rows)) != FINGERPRINTS["zero_no_near"]
 
 
@@ -61,7 +61,7 @@ import os, sys
 sys.path.insert(0, {tests!r})
 from pipeline_cases import ScriptedBackend, cases
 from localsynth.generation.config import load_generate_config
-from localsynth.generation.run import run_generate
+from localsynth.generation.run import generate_shard
 from pathlib import Path
 
 class Dying(ScriptedBackend):
@@ -77,7 +77,7 @@ class Dying(ScriptedBackend):
 tmp = Path({tmp!r})
 overrides, shard, options = cases(tmp)[{name!r}]
 cfg = load_generate_config(None, overrides + ["progress=off", "run_dir=" + str(tmp / "killed")])
-run_generate(cfg, shard, tmp / "killed", backend=Dying(**options))
+generate_shard(cfg, shard, tmp / "killed", backend=Dying(**options))
 """
 
 
@@ -93,7 +93,7 @@ def test_killed_mid_round_then_resumed_gives_the_same_rows(tmp_path, name):
     paths = ShardPaths(tmp_path / "killed", shard)
     assert not paths.done.exists() and not paths.rows.exists() and paths.log_dir.is_dir()
     cfg = load_generate_config(None, overrides + ["progress=off", f"run_dir={tmp_path / 'killed'}"])
-    stats = run_generate(cfg, shard, tmp_path / "killed", backend=ScriptedBackend(**options))
+    stats = generate_shard(cfg, shard, tmp_path / "killed", backend=ScriptedBackend(**options))
     assert stats["requests_from_log"] >= 150
     assert fingerprint(pl.read_parquet(paths.rows)) == FINGERPRINTS[name]
     assert sorted(p.name for p in paths.rows.parent.iterdir() if ".tmp-" in p.name) == []

@@ -237,7 +237,7 @@ def test_packaged_minilm_by_name(tmp_path, cli_env):
 def test_mixes_real_and_synthetic_rows_by_weight(bert, data, tmp_path, cli_env):
     from localsynth.backends.base import Completion
     from localsynth.generation.config import load_generate_config
-    from localsynth.generation.run import run_generate
+    from localsynth.generation.run import generate_shard
     from localsynth.generation.rundir import Shard
 
     class ScriptedModel:
@@ -270,7 +270,7 @@ def test_mixes_real_and_synthetic_rows_by_weight(bert, data, tmp_path, cli_env):
     (tmp_path / "gen.yaml").write_text(json.dumps({"task": task, "quota": {"per_label": 40}, "progress": "off",
                                                     "filters": {"near_duplicate_jaccard": None, "min_words": 1}}))
     cfg = load_generate_config(tmp_path / "gen.yaml")
-    run_generate(cfg, Shard(0, 1), tmp_path / "synthetic", backend=ScriptedModel())
+    generate_shard(cfg, Shard(0, 1), tmp_path / "synthetic", backend=ScriptedModel())
 
     (tmp_path / "train.yaml").write_text(json.dumps({
         "model": str(bert), "out_dir": str(tmp_path / "out"),

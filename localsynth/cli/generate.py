@@ -53,13 +53,13 @@ def generate(
     if cfg.generator.model == "tiny-random":
         log("SMOKE RUN: generator.model is tiny-random, a random-weight model: its texts are meaningless. "
             "Leave generator.model unset for the embedded real model, or set it to a model folder or .gguf file.")
-    from localsynth.generation.run import run_generate
+    from localsynth.generation.run import generate_shard
     from localsynth.io import output_dir
 
     run_dir = Path(cfg.run_dir)
     if not ShardPaths(run_dir, the_shard).done.is_file():  # a finished shard writes nothing
         output_dir(run_dir, "run_dir (--run-dir)")
-    stats = run_generate(cfg, the_shard, run_dir)
+    stats = generate_shard(cfg, the_shard, run_dir)
     log(
         f"shard {the_shard}: kept {stats['kept']} of {stats['requests']} requests "
         f"({stats['samples_per_s']} samples/s, {stats['tokens_per_s']} tokens/s) -> {run_dir}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
 from localsynth.backends.settings import GeneratorConfig
 from localsynth.config import ConfigProblems, Progress, Strict, has_cross_problems, load
@@ -25,9 +25,9 @@ from localsynth.tasks import (
     template_problems,
 )
 
-# A round plans every request of a shard at once, about 0.7 KB per planned row (measured with
-# `generate --dry-run`: 100,000 rows per label on sms_spam took 170 MB). These bounds keep one
-# shard under about 1.5 GB per label and refuse typos such as 1e12 before anything allocates.
+# A shard is processed in waves of at most 65,536 requests, but its duplicate index holds every
+# kept text (about 0.6 KB per kept row, bench/README.md "Pipeline overhead"). These bounds keep
+# one shard's index under about 0.6 GB per label and refuse typos such as 1e12 before any work.
 MAX_PER_LABEL = 10_000_000
 MAX_PER_SHARD = 1_000_000
 
@@ -87,6 +87,21 @@ class Filters(Strict):
     copy_jaccard: float = Field(
         default=0.7, gt=0.0, le=1.0, description="Drop few-shot outputs this close to one of their examples."
     )
+    judge: Literal["off", "drop"] = Field(
+        default="off",
+        description="drop: the generator, as a judge, picks a label for every text that passed the other filters "
+        "(constrained to the label names on vllm, exact log-likelihoods on hf); texts it labels otherwise are "
+        "dropped (judge_mismatch) and topped up. Relabelling instead: `localsynth audit` and audit.filter_rows.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_judge_when_off(self, handler) -> dict[str, Any]:
+        # Added after runs and job scripts were written: at its default it is left out of every
+        # dump, so their config.yaml still compares equal and their scripts render the same.
+        data = handler(self)
+        if data.get("judge") == "off":
+            data.pop("judge")
+        return data
 
     @model_validator(mode="after")
     def _word_range(self) -> Filters:
@@ -292,6 +307,11 @@ class GenerationRun:
         if self.loaded is None:
             self.loaded = load_generate_config(self.config)
         return self.loaded
+
+    @property
+    def set_name(self) -> str:
+        """The synthetic set a study's run makes ('few-shot', 'few-shot+audited'): its id after the task."""
+        return self.id.rpartition("/")[2]
 
     @property
     def slug(self) -> str:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from localsynth.generation.config import GenerateConfig
 from localsynth.generation.rundir import error_fix
-from localsynth.io import _commit, _tmp
+from localsynth.io import commit_file, temp_path
 
 if TYPE_CHECKING:
     from localsynth.generation.run import ShardGenerator
@@ -139,7 +139,7 @@ class ShardWriter:
         self.path = path
         for stale in path.parent.glob(f".{path.name}.tmp-*"):
             stale.unlink(missing_ok=True)
-        self.tmp = _tmp(path)
+        self.tmp = temp_path(path)
         self._writer: pq.ParquetWriter | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
         self._pending: Future | None = None
@@ -164,7 +164,7 @@ class ShardWriter:
         self._wait()
         self._writer.close()
         self._writer = None
-        _commit(self.tmp, self.path)
+        commit_file(self.tmp, self.path)
 
     def abort(self) -> None:
         try:

@@ -1,6 +1,6 @@
 """The generation stage: plan conversations -> backend -> clean, filter, dedup -> Parquet shard.
 
-Conversations advance in lockstep: each round sends the next turn of every open conversation
+ConversationState advance in lockstep: each round sends the next turn of every open conversation
 as one batch, so the engine stays full while each conversation keeps its own history. A label's
 conversations close once its quota of kept rows is met; when they have all closed short of it,
 a top-up opens new ones (at most `quota.max_topup_rounds` times).
@@ -37,6 +37,7 @@ from localsynth.backends.base import Backend, ChatRequest
 from localsynth.generation import filters as F
 from localsynth.generation.accept import KeptIndex, decide
 from localsynth.generation.config import GenerateConfig
+from localsynth.generation.judge import BackendJudge
 from localsynth.generation.plan import Wave, plan_wave
 from localsynth.generation.rows import ShardWriter, Tally, invalid_summary, summarize
 from localsynth.generation.rundir import (
@@ -64,7 +65,7 @@ class ShardIncomplete(RuntimeError):
 
 
 @dataclass
-class Conversations:
+class ConversationState:
     """One label's conversations: conversation k of this shard is k * shard.count + shard.index."""
 
     index: np.ndarray  # int64, global
@@ -78,10 +79,6 @@ class Planned:
     request: ChatRequest
 
 
-def default_run_dir(cfg: GenerateConfig) -> Path:
-    return Path(cfg.run_dir or f"runs/{cfg.task.name}-{cfg.mode}")
-
-
 def load_pool(cfg: GenerateConfig) -> dict[str, list[str]] | None:
     if cfg.mode != "few-shot":
         return None
@@ -92,8 +89,8 @@ def load_pool(cfg: GenerateConfig) -> dict[str, list[str]] | None:
     return example_pool(df, cfg.task.label_names, key)
 
 
-def _empty(n: int) -> Conversations:
-    return Conversations(np.zeros(n, np.int64), np.zeros(n, np.int32), np.zeros(n, bool), [None] * n)
+def _empty(n: int) -> ConversationState:
+    return ConversationState(np.zeros(n, np.int64), np.zeros(n, np.int32), np.zeros(n, bool), [None] * n)
 
 
 class ShardGenerator:
@@ -114,6 +111,7 @@ class ShardGenerator:
         self.system_cache: dict = {}
         self.echo = EchoCheck()
         self.round: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self.judge: BackendJudge | None = None  # filters.judge: drop
 
     @property
     def kept(self) -> dict[str, int]:
@@ -171,14 +169,20 @@ class ShardGenerator:
         code = self.round[0][self._wave_start : self._wave_start + n]
         near = cfg.filters.near_duplicate_jaccard
         keys = F.minhash_band_keys(checked.word_hashes, checked.word_counts, near) if near else None
+        eligible, normalized, reason = checked.eligible, checked.normalized, checked.reason
+        if self.judge is not None and len(eligible):  # before dedup and quotas: a mismatch takes no room
+            mismatch = self.judge.mismatches(checked.text.gather(eligible).to_list(), code[eligible], self.labels)
+            for i in eligible[mismatch].tolist():
+                reason[i] = "judge_mismatch"
+            eligible, normalized = eligible[~mismatch], normalized.filter(pl.Series(~mismatch))
+            keys = keys[~mismatch] if keys is not None else None
         reasons, accepted = decide(
-            self.index, checked.normalized, keys, code[checked.eligible], self.kept_n, self.target_n, cfg.filters.dedup
+            self.index, normalized, keys, code[eligible], self.kept_n, self.target_n, cfg.filters.dedup
         )
-        reason = checked.reason
-        for i, r in zip(checked.eligible.tolist(), reasons, strict=True):
+        for i, r in zip(eligible.tolist(), reasons, strict=True):
             reason[i] = r
         kept = np.zeros(n, dtype=bool)
-        kept[checked.eligible[accepted]] = True
+        kept[eligible[accepted]] = True
         self._advance(wave, code, completions["error"].is_null().to_numpy(), checked.text)
 
         rows = wave.frame.select(
@@ -260,12 +264,12 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_generate(
+def generate_shard(
     cfg: GenerateConfig, shard: Shard, run_dir: Path | None = None, backend: Backend | None = None
 ) -> dict[str, Any]:
     """Generate one shard into the run directory, resuming whatever an earlier attempt did.
     Returns the shard's stats."""
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
     paths = ShardPaths(run_dir, shard)
     check_config(paths, cfg.model_dump(mode="json"))
     if paths.done.is_file() and not paths.log_dir.exists():  # a finished shard writes nothing
@@ -291,12 +295,14 @@ def _generate_locked(
     max_model_len = cfg.generator.vllm.max_model_len if cfg.generator.backend == "vllm" else None
     completion_log = CompletionLog(paths.log_dir, cfg.flush_every_s, lambda error: replay_error(error, max_model_len))
     gen = ShardGenerator(cfg, shard, pool)
+    state = {"loaded": False, "load_seconds": 0.0}
+    if cfg.filters.judge == "drop":
+        gen.judge = BackendJudge(cfg, backend, lambda: _load(backend, state))
     total = sum(gen.targets.values())
     progress = GenerationProgress(total, f"{cfg.task.name} {cfg.mode} shard {shard}", cfg.progress, cfg.log_every_s)
     if completion_log.table.height:
         log(f"resuming shard {shard}: {completion_log.table.height} finished requests found in {paths.log_dir}")
     writer, tally = ShardWriter(paths.rows), Tally()
-    state = {"loaded": False, "load_seconds": 0.0}
     start = time.monotonic()
     try:
         with stop_on_sigterm(), _finally_flush(completion_log, progress, backend, lambda: state["loaded"]):
@@ -324,11 +330,7 @@ def _complete(
     todo = np.flatnonzero(logged["_logged"].is_null().to_numpy()) if logged is not None else np.arange(len(wave))
     parts = [] if logged is None else [logged.with_row_index("pos").filter(pl.col("_logged").is_not_null()).drop("_logged")]
     if len(todo):
-        if not state["loaded"]:
-            load_start = time.monotonic()
-            backend.load()
-            state["load_seconds"] = time.monotonic() - load_start
-            state["loaded"] = True
+        _load(backend, state)
         requests = wave.requests(todo.tolist())
         for chunk in backend.generate(requests, cfg.generator.sampling):
             at = [pos for pos, _ in chunk]
@@ -342,6 +344,15 @@ def _complete(
     if completions.height != len(wave) or not completions["id"].equals(ids.rename("id")):
         raise RuntimeError(f"backend {backend.name} did not answer every request of the wave exactly once")
     return completions, len(wave) - len(todo)
+
+
+def _load(backend: Backend, state: dict) -> None:
+    """Start the engine on first use (a shard replayed whole from its log never starts it)."""
+    if not state["loaded"]:
+        load_start = time.monotonic()
+        backend.load()
+        state["load_seconds"] = time.monotonic() - load_start
+        state["loaded"] = True
 
 
 def _finish(cfg, shard, paths, gen, tally, writer, completion_log, backend, state, start) -> dict[str, Any]:

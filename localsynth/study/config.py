@@ -105,8 +105,10 @@ class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Name of the study, for the report.")
     out_dir: str = Field(description="Folder of the whole study: data, runs, models, evaluations, report.")
     tasks: list[str] = Field(min_length=1, description="Task names (configs/tasks) or task YAML paths.")
-    conditions: list[Literal["real", "zero-shot", "few-shot", "real+zero-shot", "real+few-shot"]] = Field(
-        min_length=1, description="Training data of each cell: real, synthetic, or real + synthetic (all rows of both)."
+    conditions: list[Literal["real", "zero-shot", "few-shot", "few-shot+audited", "real+zero-shot", "real+few-shot"]] = Field(
+        min_length=1, description="Training data of each cell: real, synthetic, or real + synthetic (all rows of both). "
+        "few-shot+audited: a few-shot set whose texts the generator, as judge, labels otherwise are dropped and "
+        "topped up to the same quota (filters.judge: drop).",
     )
     models: dict[str, str] = Field(
         min_length=1, description=f"Classifier name -> local encoder folder ('{PACKAGED_MINILM}': the packaged MiniLM)."
@@ -153,9 +155,22 @@ class ExperimentConfig(Strict):
         return self
 
     @property
-    def modes(self) -> list[str]:
-        """The generation modes the conditions need, in a fixed order."""
-        return [m for m in ("zero-shot", "few-shot") if any(c.split("+")[-1] == m for c in self.conditions)]
+    def synthetic_sets(self) -> list[str]:
+        """The synthetic sets (one generation run per task each) the conditions need, in a fixed order."""
+        return [s for s in SYNTHETIC_SETS if any(s in sources(c) for c in self.conditions)]
+
+
+SYNTHETIC_SETS = ("zero-shot", "few-shot", "few-shot+audited")
+
+
+def sources(condition: str) -> list[str]:
+    """The training sets a condition names: 'real', a synthetic set, or real + one synthetic set."""
+    return ["real", condition.removeprefix("real+")] if condition.startswith("real+") else [condition]
+
+
+def generation_mode(synthetic_set: str) -> str:
+    """The generation mode behind a synthetic set (the audited set is a filtered few-shot run)."""
+    return synthetic_set.removesuffix("+audited")
 
 
 def load_experiment_config(path: str | Path, overrides: list[str] | None = None,

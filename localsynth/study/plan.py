@@ -28,7 +28,7 @@ from localsynth.config import format_validation_error
 from localsynth.errors import UserError
 from localsynth.generation.config import GenerateConfig, GenerationRun
 from localsynth.io import update_json, update_text
-from localsynth.study.config import ExperimentConfig
+from localsynth.study.config import ExperimentConfig, generation_mode, sources
 from localsynth.study.data import prepare_task_data
 from localsynth.tasks import FewShot, TaskConfig, load_task
 from localsynth.training.config import resolve_model_path
@@ -109,30 +109,33 @@ def _write_stage_config(path: Path, data: dict[str, Any], outputs: Path, what: s
     update_text(path, text)
 
 
-def _generation_config(cfg: ExperimentConfig, task: TaskConfig, mode: str, train_file: Path,
+def _generation_config(cfg: ExperimentConfig, task: TaskConfig, synthetic_set: str, train_file: Path,
                        run_dir: Path, source: str) -> GenerateConfig:
+    mode = generation_mode(synthetic_set)
     if mode == "few-shot":  # examples come from the same real training rows as the real condition
         few = task.few_shot.model_dump() | {"source": {"path": str(train_file)}}
         task = task.model_copy(update={"few_shot": FewShot.model_validate(few)})
     gen = cfg.generation.model_dump(exclude={"shards"})
+    if synthetic_set.endswith("+audited"):  # the generator judges every text; mismatches are replaced
+        gen["filters"] = {**gen["filters"], "judge": "drop"}
     try:
         return GenerateConfig.model_validate({"task": task, "mode": mode, **gen, "run_dir": str(run_dir)})
     except ValidationError as exc:
-        where = f"{source} (generation of {task.name} {mode})"
+        where = f"{source} (generation of {task.name} {synthetic_set})"
         raise UserError(format_validation_error(exc, where, GenerateConfig)) from None
 
 
 def _train_config(cfg: ExperimentConfig, task: str, labels: list[str], condition: str, model: str, size: int | None,
                   seed: int, train_file: Path, runs: dict[str, Path], out: Path) -> dict[str, Any]:
-    sources = []
-    for part in condition.split("+"):
+    train = []
+    for part in sources(condition):
         source: dict[str, Any] = {"path": str(train_file)} if part == "real" else {"run_dir": str(runs[part])}
-        sources.append({**source, "name": part, "weight": None, "max_rows_per_label": size})
+        train.append({**source, "name": part, "weight": None, "max_rows_per_label": size})
     return {
         "model": resolve_model_path(cfg.models[model]),
         "task": task,
         "labels": labels,
-        "train": sources,
+        "train": train,
         "out_dir": str(out),
         "training": {**cfg.training.model_dump(mode="json"), "seed": seed},
         "lora": cfg.lora.model_dump(mode="json"),
@@ -158,13 +161,13 @@ def make_plan(cfg: ExperimentConfig, source: str = "experiment config") -> Plan:
     runs: list[GenerationRun] = []
     run_dirs: dict[tuple[str, str], Path] = {}
     for ref, task in tasks.items():
-        for mode in cfg.modes:
-            run_id, run_dir = f"{task.name}/{mode}", out / "generate" / f"{task.name}-{mode}"
-            stage = out / "stages" / "generate" / f"{task.name}-{mode}.yaml"
-            gen = _generation_config(cfg, task, mode, Path(data[ref]["train"]), run_dir, source)
+        for name in cfg.synthetic_sets:
+            run_id, run_dir = f"{task.name}/{name}", out / "generate" / f"{task.name}-{name}"
+            stage = out / "stages" / "generate" / f"{task.name}-{name}.yaml"
+            gen = _generation_config(cfg, task, name, Path(data[ref]["train"]), run_dir, source)
             _write_stage_config(stage, gen.model_dump(mode="json"), run_dir / "shards", f"generation run {run_id}")
-            runs.append(GenerationRun(run_id, task.name, mode, stage, run_dir, cfg.generation.shards, loaded=gen))
-            run_dirs[(task.name, mode)] = run_dir
+            runs.append(GenerationRun(run_id, task.name, gen.mode, stage, run_dir, cfg.generation.shards, loaded=gen))
+            run_dirs[(task.name, name)] = run_dir
 
     cells: list[Cell] = []
     for ref, task in tasks.items():
@@ -174,9 +177,9 @@ def make_plan(cfg: ExperimentConfig, source: str = "experiment config") -> Plan:
                     for seed in cfg.seeds:
                         cell_id = f"{task.name}/{condition}/{model}/{size_tag(size)}/s{seed}"
                         home = out / "cells" / cell_id
-                        needs = [f"{task.name}/{p}" for p in condition.split("+") if p != "real"]
+                        needs = [f"{task.name}/{p}" for p in sources(condition) if p != "real"]
                         train = _train_config(cfg, task.name, task.label_names, condition, model, size, seed,
-                                              Path(data[ref]["train"]), {m: run_dirs[(task.name, m)] for m in cfg.modes},
+                                              Path(data[ref]["train"]), {s: run_dirs[(task.name, s)] for s in cfg.synthetic_sets},
                                               home / "train")
                         _write_stage_config(home / "train.yaml", train, home / "train", f"cell {cell_id}")
                         cells.append(Cell(cell_id, len(cells), task.name, condition, model, size, seed, needs,

@@ -73,7 +73,7 @@ def quality_section(plan: Plan, cells: pl.DataFrame, div: pl.DataFrame | None, t
     from localsynth.audit.study import SIGNALS, audit_quality_table, signal_gap_correlation
     from localsynth.io import update_text
 
-    quality = audit_quality_table({(r.task, r.mode): audit_folder(r) for r in plan.generate}, div)
+    quality = audit_quality_table({(r.task, r.set_name): audit_folder(r) for r in plan.generate}, div)
     correlation = signal_gap_correlation(quality, cells)
     update_text(target / "quality.csv", quality.write_csv())
     update_text(target / "quality.md", markdown_table(quality))

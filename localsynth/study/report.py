@@ -135,7 +135,7 @@ def diversity(plan: Plan, cfg: ExperimentConfig) -> pl.DataFrame | None:
         sets = {"real": pl.read_parquet(data["train"])["text"].to_list()}
         for run in plan.generate:
             if run.task == task:
-                sets[run.mode] = dv.load_text_set(run.run_dir).texts
+                sets[run.set_name] = dv.load_text_set(run.run_dir).texts
         size = cfg.analysis.diversity_rows or min(len(t) for t in sets.values())
         sampled = {name: pl.Series(texts).sample(n=min(size, len(texts)), seed=0).to_list() for name, texts in sets.items()}
         settings = {"model": cfg.analysis.embedding_model, "metrics": cfg.analysis.metrics, "rows": size,

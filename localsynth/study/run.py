@@ -23,7 +23,7 @@ def generate_runs(plan: Plan, only: list[str] | None = None, analysis: Analysis 
     `analysis.audit`, each finished run is then audited with the same engine as its judge."""
     from localsynth.backends import make_backend
     from localsynth.backends.reused import ReusedBackend, engine_key
-    from localsynth.generation.run import run_generate
+    from localsynth.generation.run import generate_shard
     from localsynth.generation.rundir import Shard
 
     engines: dict[str, ReusedBackend] = {}
@@ -40,7 +40,7 @@ def generate_runs(plan: Plan, only: list[str] | None = None, analysis: Analysis 
             for index in range(run.shards) if not run.is_done() else ():
                 shard = Shard(index, run.shards)
                 log(f"generation {run.id}: shard {shard}")
-                run_generate(cfg, shard, run.run_dir, backend=engine)
+                generate_shard(cfg, shard, run.run_dir, backend=engine)
             if analysis is not None and analysis.audit:
                 audit_runs(plan, analysis, [run], engine)
     finally:
