@@ -132,7 +132,7 @@ def _fingerprint(path: Path) -> str:
 def scale_step(step: str, n: int, run_dir: Path) -> dict:
     """One measurement in this (fresh) process: 'full', 'kill' (dies at 90%) or 'resume'."""
     texts = make_texts(int(n * 1.1) + 1000)
-    from localsynth.generation.rundir import CompletionLog
+    from localsynth.generation.completions import CompletionLog
 
     log_bytes = {}
     remove = CompletionLog.remove

@@ -10,15 +10,16 @@ import sys
 import time
 
 import polars as pl
-import yaml
 import pytest
+import yaml
 from helpers import REPO, generate_config, run_cli, write_yaml
 
 from localsynth.backends.base import Completion
 from localsynth.errors import UserError
+from localsynth.generation.completions import CompletionLog
 from localsynth.generation.config import GenerateConfig, load_generate_config
 from localsynth.generation.run import ShardIncomplete, generate_shard
-from localsynth.generation.rundir import CompletionLog, Shard, ShardPaths
+from localsynth.generation.rundir import Shard, ShardPaths
 from localsynth.schema import validate_rows
 
 
@@ -332,7 +333,7 @@ def test_settings_that_decide_the_rows_still_refuse_a_resume(tmp_path):
     ("APIConnectionError: Connection error.", False),
 ])
 def test_errors_are_classified(error, permanent):
-    from localsynth.generation.rundir import error_fix
+    from localsynth.generation.completions import error_fix
 
     assert (error_fix(error) is not None) == permanent
 
@@ -366,7 +367,7 @@ def test_a_kill_between_the_marker_and_the_log_removal(tmp_path, tiny_llama, cli
     """The .done marker alone says finished: training and experiments take the shard as
     finished, and the next generate removes the leftover log."""
     from localsynth.generation.config import GenerationRun
-    from localsynth.training.rows import finished_shards
+    from localsynth.generation.rundir import finished_shards
 
     path = write_yaml(tmp_path / "gen.yaml", generate_config(tmp_path, tiny_llama))
     killed = _cli_generate(path, cli_env, LOCALSYNTH_KILL_AT="after-done")

@@ -191,7 +191,7 @@ def kill_mid_shard(cfg_path: Path, env: dict[str, str]) -> pl.DataFrame:
 
 def logged_rows(log_dir: Path) -> list[dict]:
     """The whole record batches in a shard's completion log (a batch cut by the kill is not one)."""
-    from localsynth.generation.rundir import read_log_part
+    from localsynth.generation.completions import read_log_part
 
     parts = sorted(log_dir.glob("part-*")) if log_dir.is_dir() else []
     return [row for part in parts for row in read_log_part(part)]

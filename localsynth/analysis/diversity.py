@@ -24,6 +24,7 @@ import numpy as np
 from localsynth.analysis.embeddings import default_model_dir, embed, model_width
 from localsynth.analysis.settings import EMBED_DEFAULTS
 from localsynth.errors import UserError
+from localsynth.generation.rundir import is_run_dir, read_kept
 
 METRICS = ("cosine", "euclidean")
 DEFAULT_BLOCK = 4096
@@ -263,11 +264,8 @@ def load_text_set(path: str | Path, text_column: str = "text", option: str = "--
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise UserError(f"{option}: {given} holds an array of shape {emb.shape}; expected N x d embeddings, N >= 1")
         return TextSet(given.stem, str(given), embeddings=check_embeddings(emb, str(given), 1))
-    if given.is_dir() and (given / "shards").is_dir():
-        from localsynth.training.rows import finished_shards
-
-        files = finished_shards(given, option, allow_partial=False)
-        df = pl.read_parquet(files, columns=["text", "kept"]).filter("kept")
+    if is_run_dir(given):
+        df = read_kept(given, ["text"], option)
         name, column = given.name, "text"
     elif given.is_dir():
         splits = sorted((p for p in given.iterdir() if p.name.split(".")[0] == "train" and file_kind(p)),

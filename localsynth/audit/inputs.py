@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from localsynth.errors import UserError
+from localsynth.generation.rundir import is_run_dir, read_kept
 
 
 @dataclass
@@ -33,21 +34,14 @@ class AuditInput:
     test: str | None = None
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "shards").is_dir()
-
-
 def _run_rows(path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     import yaml
-
-    from localsynth.training.rows import finished_shards
 
     config_file = path / "config.yaml"
     if not config_file.is_file():
         raise UserError(f"RUN_DIR {path}: no config.yaml; give a generation run directory or a labelled file")
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-    files = finished_shards(path, "audit", allow_partial=False)
-    rows = pl.read_parquet(files, columns=["id", "text", "label", "kept"]).filter("kept").drop("kept")
+    rows = read_kept(path, ["id", "text", "label"], "audit")
     return rows, config
 
 

@@ -14,8 +14,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from localsynth.generation.completions import error_fix
 from localsynth.generation.config import GenerateConfig
-from localsynth.generation.rundir import error_fix
 from localsynth.io import commit_file, temp_path
 
 if TYPE_CHECKING:

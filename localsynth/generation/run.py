@@ -36,20 +36,12 @@ import polars as pl
 from localsynth.backends.base import Backend, ChatRequest
 from localsynth.generation import filters as F
 from localsynth.generation.accept import KeptIndex, decide
+from localsynth.generation.completions import CompletionLog, completion_frame, replay_error
 from localsynth.generation.config import GenerateConfig
 from localsynth.generation.judge import BackendJudge
 from localsynth.generation.plan import Wave, plan_wave
 from localsynth.generation.rows import ShardWriter, Tally, invalid_summary, summarize
-from localsynth.generation.rundir import (
-    CompletionLog,
-    Shard,
-    ShardPaths,
-    check_config,
-    completion_frame,
-    prepare,
-    replay_error,
-    shard_lock,
-)
+from localsynth.generation.rundir import Shard, ShardPaths, check_config, prepare, shard_lock
 from localsynth.generation.screen import EchoCheck, screen
 from localsynth.io import stop_here_for_tests, write_json_atomic
 from localsynth.progress import GenerationProgress, log

@@ -15,10 +15,10 @@ import numpy as np
 import polars as pl
 
 from localsynth.generation import filters as F
+from localsynth.generation.completions import error_fix
 from localsynth.generation.config import GenerateConfig
 from localsynth.generation.plan import Wave
 from localsynth.generation.rows import FAILED, INVALID
-from localsynth.generation.rundir import error_fix
 
 # Odd multipliers that fold ECHO_WORDS word hashes into one: equal word runs give equal
 # folds, so a fold match finds every echo; the exact check then rules out hash collisions.

@@ -20,6 +20,7 @@ import polars as pl
 
 from localsynth.analysis.agreement import markdown_table
 from localsynth.errors import UserError
+from localsynth.generation.rundir import shard_stats
 from localsynth.io import (
     update_bytes,
     update_json,
@@ -239,7 +240,7 @@ def cost(plan: Plan, cells: pl.DataFrame) -> dict[str, Any]:
     held) apart from wall-clock hours, so CPU-only runs show what they really used."""
     generation = []
     for run in plan.generate:
-        stats = [_read(p) for p in sorted((Path(run.run_dir) / "shards").glob("*.stats.json"))]
+        stats = shard_stats(Path(run.run_dir))
         seconds = sum(s["seconds"] + s.get("load_seconds", 0) for s in stats)
         priced = [s["cost_usd"] for s in stats if "cost_usd" in s]
         generation.append({

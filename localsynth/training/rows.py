@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from localsynth.errors import UserError
-from localsynth.generation.rundir import Shard, ShardPaths
+from localsynth.generation.rundir import read_kept
 from localsynth.progress import log
 from localsynth.tasks import DataSource
 from localsynth.training.config import TrainConfig, TrainSource
@@ -34,51 +33,9 @@ def read_real(source: TrainSource, key: str) -> pl.DataFrame:
     return load_source(data, key).select("text", "label")
 
 
-_SHARD_NAME = re.compile(r"^(\d{5})-of-(\d{5})\.")
 
 # Set by `localsynth train --allow-partial` (a context variable, so it holds for one call).
 allow_partial_runs: ContextVar[bool] = ContextVar("allow_partial_runs", default=False)
-
-
-def finished_shards(run_dir: Path, key: str, allow_partial: bool) -> list[Path]:
-    """The row files of a generation run's shards, refusing a run with unfinished shards unless
-    `allow_partial`, and always one that mixes shard counts (its rows would count twice). A shard
-    is finished when its `.done` marker exists: the marker is written last, and whatever stays
-    beside it (a write-ahead log a kill left) is a leftover (GenerationRun.is_done agrees)."""
-    shards = run_dir / "shards"
-    if not shards.is_dir():
-        raise UserError(f"{key}.run_dir: {run_dir} is not a generation run directory (no shards/); check the path")
-    names: dict[int, set[int]] = {}
-    for entry in shards.iterdir():
-        if m := _SHARD_NAME.match(entry.name):
-            names.setdefault(int(m[2]), set()).add(int(m[1]))
-    if len(names) > 1:
-        counts = ", ".join(f"{n} ({len(names[n])} shard(s) present)" for n in sorted(names))
-        raise UserError(
-            f"{key}.run_dir: {run_dir} holds shards of runs with different shard counts: {counts}; its rows would "
-            f"be duplicated. Keep one set: move the other shards/*-of-<N>.* files to another run directory"
-        )
-    if not names:
-        raise UserError(f"{key}.run_dir: {run_dir} has no finished shards; finish the generation run (localsynth generate) first")
-    count = next(iter(names))
-    paths = [ShardPaths(run_dir, Shard(i, count)) for i in range(count)]
-    done = [p.rows for p in paths if p.done.is_file() and p.rows.is_file()]
-    missing = [str(p.shard) for p in paths if not (p.done.is_file() and p.rows.is_file())]
-    if not done or (missing and not allow_partial):
-        listed = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        partial = "" if not done else (
-            f"; or train on the {len(done)} finished shard(s) only with --allow-partial "
-            f"(allow_partial: true on this synthetic source)"
-        )
-        raise UserError(
-            f"{key}.run_dir: {run_dir} has {len(missing)} of {count} shards unfinished ({listed}); rerun the same "
-            f"generate command with --shard INDEX/{count} for each (the run's config is saved in "
-            f"{run_dir / 'config.yaml'}; on SLURM, resubmit the array), then train{partial}"
-        )
-    if missing:
-        log(f"warning: {key}: training on {len(done)} of {count} shards of {run_dir} (--allow-partial); missing: "
-            f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    return done
 
 
 def read_synthetic(source: TrainSource, key: str, allow_partial: bool | None = None) -> pl.DataFrame:
@@ -87,12 +44,11 @@ def read_synthetic(source: TrainSource, key: str, allow_partial: bool | None = N
     if allow_partial is None:
         allow_partial = bool(getattr(source, "allow_partial", False)) or allow_partial_runs.get()
     run_dir = Path(os.path.expanduser(source.run_dir))
-    files = finished_shards(run_dir, key, allow_partial)
     from localsynth.audit.study import train_warning
 
     if warning := train_warning(run_dir):  # an audit found rows of the real test set among them
         log(warning)
-    rows = pl.read_parquet(files, columns=["text", "label", "kept"]).filter("kept").select("text", "label")
+    rows = read_kept(run_dir, ["text", "label"], key, allow_partial)
     if source.label_map:
         rows = rows.with_columns(pl.col("label").replace(source.label_map))
     return rows
