@@ -38,21 +38,31 @@ def root(
 
 
 def _register() -> None:
-    """Commands in the order of the work: tasks, generate, import real data, train, evaluate."""
-    from localsynth.cli import analyze, data, evaluate, experiment, generate, models, tasks, train
+    """Commands in the order of the work: tasks and models, generate, import real data, audit,
+    train, evaluate, analyses, the whole study, and SLURM jobs of any of them."""
+    from localsynth.cli import (
+        analyze,
+        audit,
+        data,
+        evaluate,
+        experiment,
+        generate,
+        models,
+        slurm,
+        tasks,
+        train,
+    )
 
     app.command("tasks")(tasks.tasks)
     app.add_typer(models.app, name="models")
     app.command("generate")(generate.generate)
     app.add_typer(data.app, name="data")
+    app.command("audit")(audit.audit)
     app.command("train")(train.train)
     app.command("evaluate")(evaluate.evaluate)
-    app.command("audit")(__import__("localsynth.cli.audit", fromlist=["audit"]).audit)  # before training
     app.add_typer(analyze.app, name="analyze")
     app.command("experiment")(experiment.experiment)
-    from localsynth.cli import slurm as slurm_cli  # SLURM jobs of a stage or a study
-
-    app.add_typer(slurm_cli.app, name="slurm")
+    app.add_typer(slurm.app, name="slurm")
 
 
 _register()

@@ -11,7 +11,7 @@ import typer
 from localsynth.errors import UserError
 
 SetOption = Annotated[
-    list[str], typer.Option("--set", help="Override a config key: --set KEY=VALUE, e.g. quota.per_label=500 (repeatable).")
+    list[str], typer.Option("--set", help="Override a config key: --set KEY=VALUE, a dotted key (repeatable).")
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (a GPU when there is one), cpu, cuda or cuda:N.")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Texts per forward pass.")]
