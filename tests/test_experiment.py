@@ -244,14 +244,14 @@ def test_plan_writes_stage_configs_the_plain_cli_accepts(study_inputs, tmp_path,
 
 
 def test_shipped_study_configs_validate():
-    from localsynth.study.config import load_experiment_config
+    from localsynth.study.config import load_study_config
 
     files = sorted((REPO / "configs" / "experiments").glob("study-*.yaml"))
     assert [p.stem for p in files] == ["study-paper-grid", "study-smol-cpu", "study-tiny-cpu"]
-    paper = load_experiment_config(files[0])
+    paper = load_study_config(files[0])
     assert len(paper.tasks) == 10 and len(paper.models) == 2 and len(paper.seeds) == 3
     assert paper.generation.quota.per_label == 3000 and paper.synthetic_sets == ["zero-shot", "few-shot"]
-    tiny = load_experiment_config(files[1])
+    tiny = load_study_config(files[1])
     assert tiny.models == {"minilm": "all-MiniLM-L6-v2"}
 
 
@@ -259,10 +259,10 @@ def test_one_training_task_reads_the_plan_instead_of_planning_again(study_inputs
     """`--stage train --cell N` (one SLURM array task) reads plan.json when it was written from
     the same config; another config plans again."""
     from localsynth.study import plan as study_plan
-    from localsynth.study.config import load_experiment_config
+    from localsynth.study.config import load_study_config
 
     overrides = study_args(study_inputs, tmp_path / "out")[5::2]  # the --set values
-    cfg = load_experiment_config(TINY_STUDY, overrides, tmp_path / "out")
+    cfg = load_study_config(TINY_STUDY, overrides, tmp_path / "out")
     written = study_plan.make_plan(cfg, str(TINY_STUDY))
 
     def no_planning(*args, **kwargs):
@@ -300,11 +300,11 @@ def test_every_synthetic_set_is_audited_and_its_signals_reported(study):
 def test_the_audited_condition_is_its_own_judged_few_shot_run(study_inputs, tmp_path):
     """few-shot+audited: a few-shot run of its own with filters.judge: drop, the same quota, and
     cells that train on it alone."""
-    from localsynth.study.config import load_experiment_config
+    from localsynth.study.config import load_study_config
     from localsynth.study.plan import make_plan
 
     overrides = [*study_args(study_inputs, tmp_path / "out")[5::2], "conditions=[real,few-shot,few-shot+audited]"]
-    plan = make_plan(load_experiment_config(TINY_STUDY, overrides, tmp_path / "out"), str(TINY_STUDY))
+    plan = make_plan(load_study_config(TINY_STUDY, overrides, tmp_path / "out"), str(TINY_STUDY))
     runs = {run.set_name: run for run in plan.generate}
     assert sorted(runs) == ["few-shot", "few-shot+audited"]
     audited, plain = (yaml.safe_load(runs[s].config.read_text()) for s in ("few-shot+audited", "few-shot"))

@@ -161,3 +161,61 @@ def test_vectorised_word_checks_match_the_per_row_ones():
     assert F.repeated_shares(series).tolist() == exact.tolist()
     words = pl.select(pl.lit(series).str.count_matches(F.PY_WORD))[:, 0].to_list()
     assert words == [len(t.split()) if t is not None else None for t in texts]
+
+
+def _tricky_texts(seed: int, n: int) -> list[str | None]:
+    """Texts that trip every shortcut: other whitespace (Unicode, \\x1c-\\x1f, newlines), runs
+    of spaces, punctuation runs with and without spaces, case folding that adds marks, repeats."""
+    rng = random.Random(seed)
+    pieces = ["win", "WIN", "win!", "the", "a", "b", ", ", " ,", "...", "\u00a0", "\x1c", "\u2003", "  ", "\n", "\t",
+              "é", "İ", "ǅ", "🙂", "-", "'s", "\u3000", "42", "x.y"]
+    texts = ["".join(rng.choice(pieces) + rng.choice([" ", "", " ", "\x1d"]) for _ in range(rng.randint(0, 40))) for _ in range(n)]
+    return texts + [None, "", " ", "  ", "x", "a a a a a a a a", " a ", "a  b", "a , b", " ,a", "a, ", "win win win! win"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_words_in_one_pass_are_the_filters_values(seed):
+    """words.text_words (one split on spaces, the filters' regexes only for texts with other
+    whitespace) gives each text's \\S+ count, Python split() count, repeated share and
+    normalized text exactly as the per-check expressions do; word hashes are FNV-1a's."""
+    from localsynth.generation.words import split_words, text_words, word_hashes
+
+    texts = _tricky_texts(seed, 4000)
+    series = pl.Series(texts, dtype=pl.Utf8)
+    got = text_words(series, repeated=True)
+    exact = pl.select(F.repeated_share(pl.lit(series)))[:, 0].to_numpy()
+    assert got.repeated.tolist() == exact.tolist()
+    assert got.words.tolist() == pl.select(pl.lit(series).str.count_matches(r"\S+").fill_null(0))[:, 0].to_list()
+    assert got.py_words.tolist() == [len(t.split()) if t is not None else 0 for t in texts]
+    plain = pl.select(pl.lit(series).str.to_lowercase().str.replace_all(F.NORMALIZE_RUN, " ").str.strip_chars())[:, 0]
+    assert got.normalized.equals(plain, null_equal=True)
+    assert not text_words(series, repeated=False).repeated.any()
+    words, counts = split_words(got.normalized)
+    old_words, old_counts = F.split_normalized(got.normalized)
+    assert words.to_list() == old_words.to_list() and counts.tolist() == old_counts.tolist()
+    assert word_hashes(words).tolist() == F.word_hashes(words).tolist()
+
+
+def test_word_hashes_survive_a_hash_collision(monkeypatch):
+    """Two different words under one Polars hash: the exact check sees it and falls back."""
+    from localsynth.generation import words as W
+
+    words = pl.Series(["alpha", "beta", "alpha", "gamma", "beta"])
+    real = pl.Series.hash
+    monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0, *a: real(self, seed, *a) * 0)  # every word collides
+    assert W.word_hashes(words).tolist() == F.fnv1a_64(words).tolist()
+
+
+def test_a_failed_background_merge_is_raised_by_the_next_wave(monkeypatch):
+    import localsynth.generation.accept as A
+
+    index, kept, target = KeptIndex(0.8), np.zeros(1, dtype=np.int64), np.array([10])
+    norms = pl.Series(["a b c", "d e f"])
+
+    def broken(*args):
+        raise MemoryError("merge")
+
+    monkeypatch.setattr(A, "_sorted_merge", broken)
+    decide(index, norms, F.band_keys(norms, 0.8), np.zeros(2, dtype=np.int64), kept, target, True)  # merge starts
+    with pytest.raises(MemoryError, match="merge"):
+        decide(index, norms, F.band_keys(norms, 0.8), np.zeros(2, dtype=np.int64), kept, target, True)

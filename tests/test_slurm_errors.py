@@ -64,7 +64,7 @@ def test_tensor_parallel_larger_than_gpus(tmp_path, cli_env):
 
 def test_not_a_known_config(tmp_path, cli_env):
     path = write_yaml(tmp_path / "odd.yaml", {"hello": 1})
-    assert_user_error(run_cli("slurm", "render", str(path), env=cli_env), "odd.yaml", "experiment config")
+    assert_user_error(run_cli("slurm", "render", str(path), env=cli_env), "odd.yaml", "study config")
 
 
 @pytest.mark.parametrize("command", ["submit", "status", "cancel"])

@@ -15,8 +15,8 @@ import pytest
 
 from localsynth.cluster.render import (
     TEMPLATES,
-    experiment_jobs,
     stage_train_jobs,
+    study_jobs,
     templates_root,
 )
 from localsynth.cluster.settings import SlurmSettings, time_seconds
@@ -69,7 +69,7 @@ def cases() -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     plan = study_plan()
     for name, extra in (("study-engine", {}), ("study-server", {"vllm_server": True, "server": {"time": "1-00:00:00"}})):
-        jobs = experiment_jobs(plan, "paper", SlurmSettings.model_validate({**SITE, **extra}), CHDIR)
+        jobs = study_jobs(plan, "paper", SlurmSettings.model_validate({**SITE, **extra}), CHDIR)
         out[name] = {job.script.name: job.text for job in jobs} | {p.name: t for job in jobs for p, t in job.files.items()}
     for name, site in (
         ("train-cpu", {"time": "02:00:00", "cpus": 2, "setup": ["source .venv/bin/activate"]}),
@@ -130,7 +130,7 @@ def test_no_gpu_lines_when_gpus_is_zero():
 
 def test_dependencies_and_markers():
     plan = study_plan()
-    jobs = {j.key: j for j in experiment_jobs(plan, "paper", SlurmSettings.model_validate(SITE), CHDIR)}
+    jobs = {j.key: j for j in study_jobs(plan, "paper", SlurmSettings.model_validate(SITE), CHDIR)}
     assert list(jobs) == ["generate:sms_spam/zero-shot", "generate:sms_spam/few-shot", "train:0", "train:1", "train:2", "report"]
     assert jobs["train:0"].tasks == [0] and jobs["train:0"].after_ok == []
     assert jobs["train:1"].tasks == [1, 3] and jobs["train:1"].after_ok == ["generate:sms_spam/zero-shot"]
@@ -142,7 +142,7 @@ def test_tensor_parallel_needs_as_many_gpus():
     plan = study_plan()
     plan.generate[0].loaded = gen_cfg(plan.generate[0].run_dir, tp=2)
     with pytest.raises(UserError, match=r"tensor_parallel_size is 2 but slurm.generate.gpus is 1"):
-        experiment_jobs(plan, "paper", SlurmSettings.model_validate(SITE), CHDIR)
+        study_jobs(plan, "paper", SlurmSettings.model_validate(SITE), CHDIR)
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 5400), ("10:30", 630), ("04:00:00", 14400), ("1-00", 86400),
@@ -167,7 +167,7 @@ def test_odd_but_safe_values_stay_inside_their_line(tmp_path):
     cfg.generator.model = "/shared/models/My Model (v2)"
     cfg.generator.vllm.dtype = "auto; reboot"
     plan.generate[0].loaded = cfg
-    jobs = experiment_jobs(plan, "paper", SlurmSettings.model_validate({**SITE, "vllm_server": True}), CHDIR)
+    jobs = study_jobs(plan, "paper", SlurmSettings.model_validate({**SITE, "vllm_server": True}), CHDIR)
     server = next(j for j in jobs if j.kind == "server")
     assert "--dtype 'auto; reboot'" in server.text and "'/shared/models/My Model (v2)'" in server.text
     for job in jobs:

@@ -31,13 +31,13 @@ def experiment(
     """Run a study: every cell of tasks x conditions x models x sizes x seeds, skipping what is
     done, then write the report (Table 1, diversity, subjectivity, cost)."""
     from localsynth.progress import log
-    from localsynth.study.config import load_experiment_config
+    from localsynth.study.config import load_study_config
     from localsynth.study.plan import current_plan, make_plan
     from localsynth.study.run import generate_runs, run_cells
 
     if cell is not None and stage != Stage.train:
         raise UserError(f"--cell goes with --stage train (one cell's training and evaluation); got --stage {stage.value}")
-    cfg = load_experiment_config(config, list(set_ or []), out)
+    cfg = load_study_config(config, list(set_ or []), out)
     # One array task of training reads the plan its submission wrote instead of planning the grid again.
     plan = current_plan(cfg, str(config)) if cell is not None else make_plan(cfg, str(config))
     todo = plan.missing_cells()

@@ -10,7 +10,7 @@ from localsynth.cli.groups import command_group
 
 app = command_group("Run a generation config, a training config or a whole experiment as SLURM jobs.")
 
-CONFIG = typer.Argument(..., help="A generation, training or experiment config YAML (told apart by its keys).")
+CONFIG = typer.Argument(..., help="A generation, training or study config YAML (told apart by its keys).")
 SITE = typer.Option(None, "--site", help="YAML of SLURM settings (partition, account, time, gpus, setup, ...).")
 SET = typer.Option([], "--set", help="Override a key: --set slurm.partition=gpu or a config key (repeatable).")
 SHARDS = typer.Option(None, "--shards", help="Array tasks per generation run (default: 1, or generation.shards).")

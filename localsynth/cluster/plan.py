@@ -1,5 +1,5 @@
 """From a config file to a plan of SLURM jobs: a generation config (one job array), a training
-config (one training job) or an experiment config (generation arrays -> training arrays ->
+config (one training job) or a study config (generation arrays -> training arrays ->
 report). The kind is told by the keys: `tasks` + `conditions` (experiment), `task`
 (generation), `model` + `train` (training).
 
@@ -17,10 +17,10 @@ import yaml
 from localsynth.cluster.render import (
     Job,
     check_script_paths,
-    experiment_jobs,
     generation_jobs,
     one_line,
     stage_train_jobs,
+    study_jobs,
 )
 from localsynth.cluster.settings import SlurmSettings, load_slurm_settings
 from localsynth.config import read_yaml
@@ -31,7 +31,7 @@ from localsynth.io import output_dir, write_text_atomic
 
 @dataclass
 class Built:
-    kind: str  # generate | train | experiment
+    kind: str  # generate | train | study
     jobs: list[Job]
     settings: SlurmSettings
     slurm_dir: Path
@@ -41,14 +41,14 @@ class Built:
 def config_kind(path: Path) -> str:
     data = read_yaml(path)
     if "conditions" in data or "tasks" in data:
-        return "experiment"
+        return "study"
     if "task" in data:
         return "generate"
     if "model" in data and "train" in data:
         return "train"
     raise UserError(
         f"{path}: not a generation config (key 'task'), a training config (keys 'model' and 'train') or an "
-        f"experiment config (keys 'tasks' and 'conditions'); give one of those"
+        f"study config (keys 'tasks' and 'conditions'); give one of those"
     )
 
 
@@ -68,9 +68,9 @@ def slurm_dir_of(path: Path, site: Path | None = None, overrides: list[str] | No
         from localsynth.training.config import load_train_config
 
         return Path(load_train_config(path, rest).out_dir).resolve() / "slurm"
-    from localsynth.study.config import load_experiment_config
+    from localsynth.study.config import load_study_config
 
-    return Path(load_experiment_config(path, rest).out_dir).expanduser().resolve() / "slurm"
+    return Path(load_study_config(path, rest).out_dir).expanduser().resolve() / "slurm"
 
 
 def build(path: Path, overrides: list[str], site: Path | None, shards: int | None) -> Built:
@@ -99,7 +99,7 @@ def build(path: Path, overrides: list[str], site: Path | None, shards: int | Non
         from localsynth.training.config import load_train_config
 
         if shards is not None:
-            raise UserError("--shards goes with a generation or experiment config; a training job is not sharded")
+            raise UserError("--shards goes with a generation or study config; a training job is not sharded")
         cfg = load_train_config(path, rest)
         settings = load_slurm_settings(site, None, ours)
         out_dir = Path(cfg.out_dir).resolve()
@@ -107,22 +107,22 @@ def build(path: Path, overrides: list[str], site: Path | None, shards: int | Non
         slurm_dir = _slurm_dir(out_dir, "out_dir", chdir)
         resolved = _write_resolved(slurm_dir / "train.yaml", cfg)
         return Built(kind, stage_train_jobs(resolved, out_dir, settings, slurm_dir, chdir), settings, slurm_dir, str(path))
-    return _build_experiment(path, ours, rest, site, shards, chdir)
+    return _build_study(path, ours, rest, site, shards, chdir)
 
 
-def _build_experiment(path: Path, ours: list[str], rest: list[str], site: Path | None, shards: int | None,
+def _build_study(path: Path, ours: list[str], rest: list[str], site: Path | None, shards: int | None,
                       chdir: Path) -> Built:
-    from localsynth.study.config import load_experiment_config
-    from localsynth.study.run import make_plan
+    from localsynth.study.config import load_study_config
+    from localsynth.study.plan import make_plan
 
     if shards is not None:
         rest = [*rest, f"generation.shards={shards}"]
-    cfg = load_experiment_config(path, rest)
+    cfg = load_study_config(path, rest)
     settings = load_slurm_settings(site, cfg.slurm, ours, source=f"{path} (slurm)")
     _slurm_dir(Path(cfg.out_dir).expanduser().resolve(), "out_dir", chdir)
     plan = make_plan(cfg, str(path))
-    jobs = experiment_jobs(plan, cfg.name, settings, chdir)
-    return Built("experiment", jobs, settings, Path(plan.out_dir) / "slurm", str(path))
+    jobs = study_jobs(plan, cfg.name, settings, chdir)
+    return Built("study", jobs, settings, Path(plan.out_dir) / "slurm", str(path))
 
 
 def _slurm_dir(home: Path, key: str, chdir: Path) -> Path:

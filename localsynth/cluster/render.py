@@ -278,7 +278,7 @@ def stage_train_jobs(config: Path, out_dir: Path, settings: SlurmSettings, slurm
                       f"{settings.command} {args}", None, [out_dir / "train.done"], [], settings, slurm_dir, chdir)]
 
 
-def experiment_jobs(plan: Plan, name: str, settings: SlurmSettings, chdir: Path) -> list[Job]:
+def study_jobs(plan: Plan, name: str, settings: SlurmSettings, chdir: Path) -> list[Job]:
     """Generation per run, one training array per set of generation runs the cells need (cells
     on real data alone start at once), and the report after every cell."""
     slurm_dir = Path(plan.out_dir) / "slurm"

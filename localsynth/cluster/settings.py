@@ -1,6 +1,6 @@
 """Site settings of the SLURM jobs: partition, account, time, resources, set-up lines.
 
-They sit under `slurm:` in an experiment config or in a site file (`--site site.yaml`, the same
+They sit under `slurm:` in a study config or in a site file (`--site site.yaml`, the same
 keys at the top level), and `--set slurm.KEY=VALUE` overrides either. The top-level keys apply
 to every job; `generate`, `server`, `train` and `report` override them for one kind of job.
 Same conventions as `localsynth.config`: unknown keys are errors that name the key, and every

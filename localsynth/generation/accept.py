@@ -12,6 +12,8 @@ and so every decision, is that of a row-by-row loop.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import polars as pl
 
@@ -47,7 +49,10 @@ def matches(keys: np.ndarray, owners: np.ndarray, probe: np.ndarray) -> tuple[np
 
 class KeptIndex:
     """What a shard has kept, for duplicate checks: normalized texts, their hashes (exact
-    duplicates) and LSH band keys (near duplicates)."""
+    duplicates) and LSH band keys (near duplicates).
+
+    `add` merges a wave's kept rows on a background thread (NumPy sorts release the GIL), while
+    the next wave is planned, sent and screened; every method waits for it first (`settle`)."""
 
     def __init__(self, near_threshold: float | None):
         self.near = near_threshold
@@ -55,16 +60,30 @@ class KeptIndex:
         self.hashes, self.hash_owner = np.zeros(0, np.uint64), np.zeros(0, np.int64)
         self.bands, self.band_owner = np.zeros(0, np.uint64), np.zeros(0, np.int64)
         self.word_sets: dict[int, frozenset[str]] = {}  # built only for texts that become candidates
+        self._adding: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    def settle(self) -> None:
+        """Wait for the last `add` (and raise what it raised)."""
+        if self._adding is not None:
+            self._adding.join()
+            self._adding = None
+        if self._failed is not None:
+            raise self._failed
 
     def words(self, owner: int) -> frozenset[str]:
+        self.settle()
         found = self.word_sets.get(owner)
         if found is None:
             found = self.word_sets[owner] = F.word_set(self.texts[owner])
         return found
 
     def exact_hits(self, normalized: pl.Series, hashes: np.ndarray) -> np.ndarray:
-        pos, owner = matches(self.hashes, self.hash_owner, hashes)
+        self.settle()
         hit = np.zeros(len(hashes), dtype=bool)
+        if not len(self.hashes):  # nothing kept yet (a shard's first wave)
+            return hit
+        pos, owner = matches(self.hashes, self.hash_owner, hashes)
         if len(pos):
             same = (normalized.gather(pos) == self.texts.gather(owner)).to_numpy()
             hit[pos[same]] = True
@@ -72,9 +91,12 @@ class KeptIndex:
 
     def near_hits(self, normalized: pl.Series, keys: np.ndarray, skip: np.ndarray) -> np.ndarray:
         """Rows whose word-set Jaccard with a kept text that shares a band key reaches the threshold."""
+        self.settle()
+        hit = np.zeros(len(keys), dtype=bool)
+        if not len(self.bands):
+            return hit
         pos, owner = matches(self.bands, self.band_owner, keys.ravel())
         row = pos // keys.shape[1]
-        hit = np.zeros(len(keys), dtype=bool)
         pairs = sorted(set(zip(row.tolist(), owner.tolist(), strict=True)))
         texts = dict(zip((r for r, _ in pairs), normalized.gather([r for r, _ in pairs]).to_list(), strict=False))
         for r, o in pairs:
@@ -83,6 +105,17 @@ class KeptIndex:
         return hit
 
     def add(self, normalized: pl.Series, hashes: np.ndarray, keys: np.ndarray | None) -> None:
+        self.settle()
+        self._adding = threading.Thread(target=self._add, args=(normalized, hashes, keys), name="kept-index", daemon=True)
+        self._adding.start()
+
+    def _add(self, normalized: pl.Series, hashes: np.ndarray, keys: np.ndarray | None) -> None:
+        try:
+            self._merge(normalized, hashes, keys)
+        except BaseException as e:  # noqa: BLE001 (raised by the next settle, on the caller's thread)
+            self._failed = e
+
+    def _merge(self, normalized: pl.Series, hashes: np.ndarray, keys: np.ndarray | None) -> None:
         owners = np.arange(self.texts.len(), self.texts.len() + len(hashes), dtype=np.int64)
         self.texts.append(normalized)
         self.hashes, self.hash_owner = _sorted_merge(self.hashes, self.hash_owner, hashes, owners)

@@ -34,14 +34,17 @@ _M32 = np.uint64(0xFFFFFFFF)
 
 
 def wave_seeds(run_seed: int, task: str, label: str, conversations: np.ndarray, turns: np.ndarray) -> np.ndarray:
-    """`prompts.derive_seed` for many requests of one label (the shared key prefix hashed once)."""
-    prefix = hashlib.blake2b(f"{run_seed}|{task}|{label}|".encode(), digest_size=8)
-    out = np.empty(len(conversations), dtype=np.int64)
-    for i, (c, t) in enumerate(zip(conversations.tolist(), turns.tolist(), strict=True)):
-        h = prefix.copy()
+    """`prompts.derive_seed` for many requests of one label (the shared key prefix hashed once;
+    the digests joined and read as little-endian integers by NumPy)."""
+    copy = hashlib.blake2b(f"{run_seed}|{task}|{label}|".encode(), digest_size=8).copy
+
+    def digest(c: int, t: int) -> bytes:
+        h = copy()
         h.update(f"{c}|{t}".encode())
-        out[i] = int.from_bytes(h.digest(), "little") & 0x7FFFFFFF
-    return out
+        return h.digest()
+
+    digests = b"".join(map(digest, conversations.tolist(), turns.tolist()))
+    return (np.frombuffer(digests, dtype="<u8") & np.uint64(0x7FFFFFFF)).astype(np.int64)
 
 
 def _mix(state: np.ndarray) -> np.ndarray:

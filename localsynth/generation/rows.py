@@ -151,17 +151,21 @@ class ShardWriter:
 
     def write(self, rows: pl.DataFrame) -> None:
         self._wait()
-        table = rows.to_arrow()
+        self._pending = self._pool.submit(self._write, rows)  # a frame is immutable: safe to hand over
+
+    def _write(self, rows: pl.DataFrame) -> None:
+        table = rows.to_arrow()  # (the conversion too runs beside the next wave)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
-        self._pending = self._pool.submit(self._writer.write_table, table, row_group_size=ROW_GROUP)
+        self._writer.write_table(table, row_group_size=ROW_GROUP)
 
     def commit(self, empty: pl.DataFrame) -> None:
         """Close and rename into place; `empty` gives the schema of a shard without rows."""
+        self._wait()  # (the writer opens with the first write, on the writing thread)
         if self._writer is None:
             self.write(empty)
-        self._wait()
+            self._wait()
         self._writer.close()
         self._writer = None
         commit_file(self.tmp, self.path)

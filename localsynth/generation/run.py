@@ -21,11 +21,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,8 @@ from localsynth.generation import filters as F
 from localsynth.generation.accept import KeptIndex, decide
 from localsynth.generation.completions import CompletionLog, completion_frame, replay_error
 from localsynth.generation.config import GenerateConfig
+from localsynth.generation.gcpause import gc_paused
+from localsynth.generation.guards import finally_flush, stop_on_sigterm
 from localsynth.generation.judge import BackendJudge
 from localsynth.generation.plan import Wave, plan_wave
 from localsynth.generation.rows import ShardWriter, Tally, invalid_summary, summarize
@@ -134,18 +134,29 @@ class ShardGenerator:
         return len(codes)
 
     def waves(self) -> Iterator[Wave]:
-        """The round's requests, rendered a wave at a time."""
+        """The round's requests, rendered a wave at a time: the next wave on a second thread
+        while the caller sends and decides this one (whose `_advance` touches only its own
+        conversations: the next wave's inputs are read before and are the same after)."""
+        starts = list(range(0, len(self.round[0]), WAVE))
+        with ThreadPoolExecutor(1, thread_name_prefix="plan") as pool:
+            ahead = pool.submit(self._plan, starts[0]) if starts else None
+            for i, start in enumerate(starts):
+                wave = ahead.result()
+                ahead = pool.submit(self._plan, starts[i + 1]) if i + 1 < len(starts) else None
+                self._wave_start = start
+                yield wave
+
+    def _plan(self, start: int) -> Wave:
         codes, positions = self.round
-        for start in range(0, len(codes), WAVE):
-            code, pos = codes[start : start + WAVE], positions[start : start + WAVE]
-            index, turn, history = np.empty(len(code), np.int64), np.empty(len(code), np.int32), []
-            for c in np.unique(code).tolist():
-                at = code == c
-                conv = self.conversations[c]
-                index[at], turn[at] = conv.index[pos[at]], conv.turns_done[pos[at]]
-                history += [conv.history[p] for p in pos[at].tolist()]
-            self._wave_start = start
-            yield plan_wave(self.cfg.task, self.cfg.seed, self.labels, code, index, turn, history, self.pool, self.system_cache)
+        code, pos = codes[start : start + WAVE], positions[start : start + WAVE]
+        index, turn, history = np.empty(len(code), np.int64), np.empty(len(code), np.int32), []
+        for c in np.unique(code).tolist():
+            at = code == c
+            conv = self.conversations[c]
+            index[at], turn[at] = conv.index[pos[at]], conv.turns_done[pos[at]]
+            history += [conv.history[p] for p in pos[at].tolist()]
+        with gc_paused():
+            return plan_wave(self.cfg.task, self.cfg.seed, self.labels, code, index, turn, history, self.pool, self.system_cache)
 
     def next_round(self) -> list[Planned]:
         """The next round's requests (for `--dry-run`)."""
@@ -157,10 +168,15 @@ class ShardGenerator:
     def process(self, wave: Wave, completions: pl.DataFrame, model: str, backend: str) -> pl.DataFrame:
         """Rows for one wave, with filter decisions; advances conversations and quotas."""
         cfg, n = self.cfg, len(wave)
-        checked = screen(cfg, wave, completions, self.echo)
-        code = self.round[0][self._wave_start : self._wave_start + n]
-        near = cfg.filters.near_duplicate_jaccard
-        keys = F.minhash_band_keys(checked.word_hashes, checked.word_counts, near) if near else None
+        # the prompts' columns (Arrow work, no decision in them) are built beside the screening
+        side = ThreadPoolExecutor(1, thread_name_prefix="messages")
+        columns = side.submit(lambda: (wave.examples_column(), wave.messages_column()))
+        side.shutdown(wait=False)  # the thread ends after its one task
+        with gc_paused():
+            checked = screen(cfg, wave, completions, self.echo)
+            code = self.round[0][self._wave_start : self._wave_start + n]
+            near = cfg.filters.near_duplicate_jaccard
+            keys = F.minhash_band_keys(checked.word_hashes, checked.word_counts, near) if near else None
         eligible, normalized, reason = checked.eligible, checked.normalized, checked.reason
         if self.judge is not None and len(eligible):  # before dedup and quotas: a mismatch takes no room
             mismatch = self.judge.mismatches(checked.text.gather(eligible).to_list(), code[eligible], self.labels)
@@ -168,41 +184,42 @@ class ShardGenerator:
                 reason[i] = "judge_mismatch"
             eligible, normalized = eligible[~mismatch], normalized.filter(pl.Series(~mismatch))
             keys = keys[~mismatch] if keys is not None else None
-        reasons, accepted = decide(
-            self.index, normalized, keys, code[eligible], self.kept_n, self.target_n, cfg.filters.dedup
-        )
-        for i, r in zip(eligible.tolist(), reasons, strict=True):
-            reason[i] = r
-        kept = np.zeros(n, dtype=bool)
-        kept[eligible[accepted]] = True
-        self._advance(wave, code, completions["error"].is_null().to_numpy(), checked.text)
+        with gc_paused():
+            reasons, accepted = decide(
+                self.index, normalized, keys, code[eligible], self.kept_n, self.target_n, cfg.filters.dedup
+            )
+            for i, r in zip(eligible.tolist(), reasons, strict=True):
+                reason[i] = r
+            kept = np.zeros(n, dtype=bool)
+            kept[eligible[accepted]] = True
+            self._advance(wave, code, completions["error"].is_null().to_numpy(), checked.text)
 
-        rows = wave.frame.select(
-            "id",
-            pl.lit(cfg.task.name).alias("task"),
-            "label",
-            checked.text.alias("text"),
-            checked.cut_at_sentence.alias("cut_at_sentence"),
-            pl.Series("kept", kept),
-            checked.parse_error.alias("parse_error"),
-            pl.Series("filter_reason", reason, dtype=pl.Utf8),
-            pl.lit(cfg.mode).alias("mode"),
-            pl.lit(self.rounds, dtype=pl.Int32).alias("round"),
-            "conversation",
-            "turn",
-            "style",
-            wave.examples_column().alias("examples"),
-            wave.messages_column().alias("messages"),
-            completions["raw_output"].alias("raw_output"),
-            completions["finish_reason"].alias("finish_reason"),
-            completions["prompt_tokens"].alias("prompt_tokens"),
-            completions["completion_tokens"].alias("completion_tokens"),
-            pl.lit(model).alias("model"),
-            pl.lit(backend).alias("backend"),
-            "seed",
-            pl.lit(str(self.shard)).alias("shard"),
-        )
-        return rows.cast(ROW_SCHEMA)
+            rows = wave.frame.select(
+                "id",
+                pl.lit(cfg.task.name).alias("task"),
+                "label",
+                checked.text.alias("text"),
+                checked.cut_at_sentence.alias("cut_at_sentence"),
+                pl.Series("kept", kept),
+                checked.parse_error.alias("parse_error"),
+                pl.Series("filter_reason", reason, dtype=pl.Utf8),
+                pl.lit(cfg.mode).alias("mode"),
+                pl.lit(self.rounds, dtype=pl.Int32).alias("round"),
+                "conversation",
+                "turn",
+                "style",
+                columns.result()[0].alias("examples"),
+                columns.result()[1].alias("messages"),
+                completions["raw_output"].alias("raw_output"),
+                completions["finish_reason"].alias("finish_reason"),
+                completions["prompt_tokens"].alias("prompt_tokens"),
+                completions["completion_tokens"].alias("completion_tokens"),
+                pl.lit(model).alias("model"),
+                pl.lit(backend).alias("backend"),
+                "seed",
+                pl.lit(str(self.shard)).alias("shard"),
+            )
+            return rows.cast(ROW_SCHEMA)
 
     def _advance(self, wave: Wave, code: np.ndarray, answered: np.ndarray, text: pl.Series) -> None:
         """Next turn of the answered conversations; close the failed, the finished, the
@@ -223,37 +240,6 @@ class ShardGenerator:
                     conv.history[q] = [*wave.messages(i), {"role": "assistant", "content": texts[i] or ""}]
         for c in np.flatnonzero(self.kept_n >= self.target_n).tolist():
             self.conversations[c].open[:] = False
-
-
-@contextmanager
-def _finally_flush(completion_log: CompletionLog, progress: GenerationProgress, backend: Backend, loaded):
-    finished = False
-    try:
-        yield
-        finished = True
-    finally:
-        completion_log.close()  # keep every finished request, whatever stopped us
-        progress.close(final_line=finished)
-        if loaded():
-            backend.close()
-
-
-@contextmanager
-def stop_on_sigterm():
-    """SIGTERM (SLURM preemption, `scancel`, a time limit) stops the shard like Ctrl-C: the
-    finished requests are flushed to the log and a rerun resumes from there."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def generate_shard(
@@ -297,14 +283,15 @@ def _generate_locked(
     writer, tally = ShardWriter(paths.rows), Tally()
     start = time.monotonic()
     try:
-        with stop_on_sigterm(), _finally_flush(completion_log, progress, backend, lambda: state["loaded"]):
+        with stop_on_sigterm(), finally_flush(completion_log, progress, backend, lambda: state["loaded"]):
             while gen.plan_round():
                 for wave in gen.waves():
                     completions, from_log = _complete(wave, completion_log, backend, cfg, progress, state)
                     before = int(gen.kept_n.sum())
                     rows = gen.process(wave, completions, backend.model_name, backend.name)
-                    writer.write(rows)
-                    tally.add(rows, from_log)
+                    with gc_paused():
+                        writer.write(rows)
+                        tally.add(rows, from_log)
                     progress.update(kept=int(gen.kept_n.sum()) - before)
                 gen.rounds += 1
         return _finish(cfg, shard, paths, gen, tally, writer, completion_log, backend, state, start)
@@ -323,14 +310,16 @@ def _complete(
     parts = [] if logged is None else [logged.with_row_index("pos").filter(pl.col("_logged").is_not_null()).drop("_logged")]
     if len(todo):
         _load(backend, state)
-        requests = wave.requests(todo.tolist())
+        with gc_paused():
+            requests = wave.requests(todo.tolist())
         for chunk in backend.generate(requests, cfg.generator.sampling):
-            at = [pos for pos, _ in chunk]
-            frame = completion_frame([requests[pos].id for pos in at], [c for _, c in chunk])
-            completion_log.add_frame(frame)
-            stop_here_for_tests("after-log-chunk")
-            progress.update(requests=len(chunk), tokens=int(frame["completion_tokens"].sum() or 0))
-            parts.append(frame.with_columns(pos=pl.Series(todo[at], dtype=pl.UInt32)).select("pos", *COMPLETION_SCHEMA))
+            with gc_paused():
+                at = [pos for pos, _ in chunk]
+                frame = completion_frame([requests[pos].id for pos in at], [c for _, c in chunk])
+                completion_log.add_frame(frame)
+                stop_here_for_tests("after-log-chunk")
+                progress.update(requests=len(chunk), tokens=int(frame["completion_tokens"].sum() or 0))
+                parts.append(frame.with_columns(pos=pl.Series(todo[at], dtype=pl.UInt32)).select("pos", *COMPLETION_SCHEMA))
         completion_log.flush()
     completions = pl.concat(parts).sort("pos").cast(COMPLETION_SCHEMA)
     if completions.height != len(wave) or not completions["id"].equals(ids.rename("id")):

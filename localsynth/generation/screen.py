@@ -8,7 +8,6 @@ reason); the per-row Python ones run only on the few rows that can fail them.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ from localsynth.generation.completions import error_fix
 from localsynth.generation.config import GenerateConfig
 from localsynth.generation.plan import Wave
 from localsynth.generation.rows import FAILED, INVALID
+from localsynth.generation.words import split_words, text_words, word_hashes
 
 # Odd multipliers that fold ECHO_WORDS word hashes into one: equal word runs give equal
 # folds, so a fold match finds every echo; the exact check then rules out hash collisions.
@@ -76,23 +76,27 @@ class EchoCheck:
         self.folds: dict[tuple[str, str], np.ndarray] = {}
         self.vocab: dict[tuple[str, str], np.ndarray] = {}
 
-    def _prompt(self, key: tuple[str, str]) -> None:
-        if key in self.shingles:
+    def _prompts(self, keys: list[tuple[str, str]]) -> None:
+        """Shingles, word hashes and folds of the prompts not seen yet, hashed together."""
+        new = [k for k in dict.fromkeys(keys) if k not in self.shingles]
+        if not new:
             return
-        normalized = pl.select(F.normalize_expr(pl.lit(f"{key[0]}\n{key[1]}")))[:, 0]
-        self.shingles[key] = F.shingles(normalized.item())
-        words, counts = F.split_normalized(normalized)
-        hashes = F.word_hashes(words)
-        self.vocab[key] = np.unique(hashes)
-        self.folds[key] = np.unique(_folds(hashes, _windows(counts)[1]))
+        normalized = pl.select(F.normalize_expr(pl.Series([f"{s}\n{u}" for s, u in new], dtype=pl.Utf8)))[:, 0]
+        words, counts = split_words(normalized)
+        hashes = word_hashes(words)
+        ends = np.cumsum(counts)
+        for key, text, stop, count in zip(new, normalized.to_list(), ends.tolist(), counts.tolist(), strict=True):
+            mine = hashes[stop - count : stop]
+            self.shingles[key] = F.shingles(text)
+            self.vocab[key] = np.unique(mine)
+            self.folds[key] = np.unique(_folds(mine, _windows(np.array([count]))[1]))
 
     def rows(self, wave: Wave, rows: np.ndarray, normalized: pl.Series, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Which of `rows` (with their normalized texts and flat word hashes) echo their prompt."""
         keys = wave.prompt_key[rows]
         used = np.unique(keys)
         prompts = [wave.prompt_texts[k] for k in used.tolist()]
-        for prompt in prompts:
-            self._prompt(prompt)
+        self._prompts(prompts)
         # (prompt, hash) pairs as one set: a prompt's hashes xored with its own key's multiple
         shift = np.zeros(int(used.max()) + 1 if len(used) else 0, np.uint64)
         shift[used] = used.astype(np.uint64) * _FOLD[0]  # arrays wrap silently (scalars warn)
@@ -114,23 +118,25 @@ def screen(cfg: GenerateConfig, wave: Wave, completions: pl.DataFrame, echo: Ech
     filters = cfg.filters
     cleaned = F.clean(completions["raw_output"])
     finish = completions["finish_reason"]
-    cut = F.cut_long_outputs(cleaned.with_columns(finish), filters, cfg.max_words)
+    # words, repeated pairs and normalized texts of the cleaned outputs, in one pass (words.py);
+    # the few texts that the cut below shortens are done again
+    repeated = filters.max_repeated_share < 1.0
+    found = text_words(cleaned["text"], repeated)
+    cut = F.cut_long_outputs(cleaned.with_columns(finish), filters, cfg.max_words, found.py_words)
+    shortened = np.flatnonzero(cut["cut_at_sentence"].to_numpy())
+    text = cut["text"]
+    found.patch(shortened, text_words(text.gather(shortened), repeated))
     # a text cut at a sentence end is complete: the truncated check applies to the rest
     effective = pl.select(pl.when(cut["cut_at_sentence"]).then(pl.lit("stop")).otherwise(finish))[:, 0]
-    text = cut["text"]
     parse_error = _parse_errors(cleaned["parse_error"], completions["error"])
-    # The repeated-pair check (Rust and NumPy, ~0.2 s for 65,536 texts) runs on a second thread
-    # while this one normalizes and hashes the words of the texts that are still open.
-    with ThreadPoolExecutor(1) as pool:
-        repeated = pool.submit(F.repeated_shares_of, text, filters)
-        pending = pl.select(parse_error.is_null())[:, 0].to_numpy()
-        candidates = np.flatnonzero(pending)
-        normalized = pl.select(F.normalize_expr(text.gather(candidates)))[:, 0]
-        words, counts = F.split_normalized(normalized)
-        hashes = F.word_hashes(words)
-        checks = pl.DataFrame({"text": text, "finish_reason": effective}).select(
-            F.stateless_reason(filters, cfg.max_words, repeated.result())
-        )
+    pending = pl.select(parse_error.is_null())[:, 0].to_numpy()
+    candidates = np.flatnonzero(pending)
+    normalized = found.normalized.gather(candidates)
+    words, counts = split_words(normalized)
+    hashes = word_hashes(words)
+    checks = pl.DataFrame({"text": text, "finish_reason": effective}).select(
+        F.stateless_reason(filters, cfg.max_words, pl.Series("repeated", found.repeated), pl.Series("words", found.words))
+    )
     reasons = checks["reason"]
     reason = reasons.to_list()
     keep = reasons.gather(candidates).is_null().to_numpy()

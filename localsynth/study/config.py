@@ -1,6 +1,6 @@
 """Typed configuration of a study: tasks x data conditions x classifier models x sizes x seeds.
 
-An experiment config names everything the paper's grid varies and reuses the stage configs for
+A study config names everything the paper's grid varies and reuses the stage configs for
 the rest: `generation` holds the keys of a generation config (generator, quota, filters, ...)
 and `training` / `lora` those of a training config, so one vocabulary serves every command.
 """
@@ -101,7 +101,7 @@ class Analysis(Strict):
         return value
 
 
-class ExperimentConfig(Strict):
+class StudyConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Name of the study, for the report.")
     out_dir: str = Field(description="Folder of the whole study: data, runs, models, evaluations, report.")
     tasks: list[str] = Field(min_length=1, description="Task names (configs/tasks) or task YAML paths.")
@@ -139,7 +139,7 @@ class ExperimentConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> ExperimentConfig:
+    def _consistent(self) -> StudyConfig:
         for key, items in (("tasks", self.tasks), ("conditions", self.conditions), ("seeds", self.seeds), ("sizes", self.sizes)):
             if len(set(items)) != len(items):
                 raise ValueError(f"{key} lists a value twice: {items}")
@@ -173,9 +173,9 @@ def generation_mode(synthetic_set: str) -> str:
     return synthetic_set.removesuffix("+audited")
 
 
-def load_experiment_config(path: str | Path, overrides: list[str] | None = None,
-                           out_dir: str | Path | None = None) -> ExperimentConfig:
+def load_study_config(path: str | Path, overrides: list[str] | None = None,
+                           out_dir: str | Path | None = None) -> StudyConfig:
     """A study config from YAML plus `--set` overrides (and the --out folder); every problem
     reported at once."""
     base = {"out_dir": str(out_dir)} if out_dir is not None else None
-    return load(ExperimentConfig, path, overrides, base=base)
+    return load(StudyConfig, path, overrides, base=base)

@@ -13,7 +13,7 @@ import polars as pl
 
 from localsynth.errors import UserError
 from localsynth.io import write_json_atomic, write_parquet_atomic
-from localsynth.study.config import ExperimentConfig
+from localsynth.study.config import StudyConfig
 from localsynth.tasks import DataSource, TaskConfig
 
 SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json", ".csv.gz", ".jsonl.gz")
@@ -27,7 +27,7 @@ def _in_data_dir(data_dir: str, task: str, split: str) -> DataSource | None:
     return None
 
 
-def find_source(cfg: ExperimentConfig, ref: str, task: TaskConfig, split: str) -> tuple[DataSource, str]:
+def find_source(cfg: StudyConfig, ref: str, task: TaskConfig, split: str) -> tuple[DataSource, str]:
     """(the source, the config key it came from): data.<task>.<split>, then data_dir, then the
     task config's real_data."""
     name = task.name
@@ -50,7 +50,7 @@ def find_source(cfg: ExperimentConfig, ref: str, task: TaskConfig, split: str) -
     )
 
 
-def agreement_source(cfg: ExperimentConfig, task: str) -> str | None:
+def agreement_source(cfg: StudyConfig, task: str) -> str | None:
     """Instance agreement of the task's test texts: analysis.agreement.<task>, else agreement
     subsets (sentences_*agree files, Financial PhraseBank's layout) beside the data in data_dir."""
     if task in cfg.analysis.agreement:
@@ -86,7 +86,7 @@ def _stratified_sample(df: pl.DataFrame, rows: int, seed: int) -> pl.DataFrame:
     return sample
 
 
-def prepare_task_data(cfg: ExperimentConfig, ref: str, task: TaskConfig, folder: Path) -> dict[str, str]:
+def prepare_task_data(cfg: StudyConfig, ref: str, task: TaskConfig, folder: Path) -> dict[str, str]:
     """{'train': path, 'test': path} of the task's real data in the study folder; written once
     (data.json records the sources), then reused, and an error if the sources changed."""
     labels = task.label_names

@@ -28,7 +28,7 @@ from localsynth.config import format_validation_error
 from localsynth.errors import UserError
 from localsynth.generation.config import GenerateConfig, GenerationRun
 from localsynth.io import update_json, update_text
-from localsynth.study.config import ExperimentConfig, generation_mode, sources
+from localsynth.study.config import StudyConfig, generation_mode, sources
 from localsynth.study.data import prepare_task_data
 from localsynth.tasks import FewShot, TaskConfig, load_task
 from localsynth.training.config import resolve_model_path
@@ -109,7 +109,7 @@ def _write_stage_config(path: Path, data: dict[str, Any], outputs: Path, what: s
     update_text(path, text)
 
 
-def _generation_config(cfg: ExperimentConfig, task: TaskConfig, synthetic_set: str, train_file: Path,
+def _generation_config(cfg: StudyConfig, task: TaskConfig, synthetic_set: str, train_file: Path,
                        run_dir: Path, source: str) -> GenerateConfig:
     mode = generation_mode(synthetic_set)
     if mode == "few-shot":  # examples come from the same real training rows as the real condition
@@ -125,7 +125,7 @@ def _generation_config(cfg: ExperimentConfig, task: TaskConfig, synthetic_set: s
         raise UserError(format_validation_error(exc, where, GenerateConfig)) from None
 
 
-def _train_config(cfg: ExperimentConfig, task: str, labels: list[str], condition: str, model: str, size: int | None,
+def _train_config(cfg: StudyConfig, task: str, labels: list[str], condition: str, model: str, size: int | None,
                   seed: int, train_file: Path, runs: dict[str, Path], out: Path) -> dict[str, Any]:
     train = []
     for part in sources(condition):
@@ -143,7 +143,7 @@ def _train_config(cfg: ExperimentConfig, task: str, labels: list[str], condition
     }
 
 
-def make_plan(cfg: ExperimentConfig, source: str = "experiment config") -> Plan:
+def make_plan(cfg: StudyConfig, source: str = "study config") -> Plan:
     """Resolve the grid, prepare the real data, write every stage config and plan.json."""
     out = Path(os.path.expanduser(cfg.out_dir)).resolve()
     cfg = cfg.model_copy(update={"out_dir": str(out)})
@@ -192,7 +192,7 @@ def make_plan(cfg: ExperimentConfig, source: str = "experiment config") -> Plan:
     return plan
 
 
-def current_plan(cfg: ExperimentConfig, source: str) -> Plan:
+def current_plan(cfg: StudyConfig, source: str) -> Plan:
     """The plan already in the study folder when it was made from this very config (what one
     SLURM array task of training reads: it does not plan the whole grid again), else a new one."""
     out = Path(os.path.expanduser(cfg.out_dir)).resolve()

@@ -30,7 +30,7 @@ from localsynth.io import (
 )
 from localsynth.progress import log
 from localsynth.study import verdicts
-from localsynth.study.config import ExperimentConfig
+from localsynth.study.config import StudyConfig
 from localsynth.study.plan import Plan, size_tag
 from localsynth.study.quality import audit_runs, cell_contamination, quality_section
 
@@ -124,7 +124,7 @@ def table1_plot(table: pl.DataFrame) -> bytes:
 # ----------------------------------------------------------------------------- diversity
 
 
-def diversity(plan: Plan, cfg: ExperimentConfig) -> pl.DataFrame | None:
+def diversity(plan: Plan, cfg: StudyConfig) -> pl.DataFrame | None:
     """Per task: the real training texts and each synthetic set, sampled to one size so the
     numbers compare (Chamfer shrinks as a set grows); cached per task in analysis/diversity/,
     with the sampled texts of each set beside it (<task>/<set>.parquet)."""
@@ -163,7 +163,7 @@ def diversity(plan: Plan, cfg: ExperimentConfig) -> pl.DataFrame | None:
 # ----------------------------------------------------------------------------- subjectivity
 
 
-def instance_curves(plan: Plan, cfg: ExperimentConfig, target: Path) -> dict[str, pl.DataFrame]:
+def instance_curves(plan: Plan, cfg: StudyConfig, target: Path) -> dict[str, pl.DataFrame]:
     """Accuracy against agreement for each task with agreement data; one curve per condition
     and model (predictions pooled over seeds). Returns the table of each task (its PNG is
     `<task>-instance_agreement.png`)."""
@@ -198,7 +198,7 @@ def plan_sizes(plan: Plan) -> set[int | None]:
     return {c.size for c in plan.cells}
 
 
-def task_level(plan: Plan, cfg: ExperimentConfig, table: pl.DataFrame, target: Path) -> dict[str, Any] | None:
+def task_level(plan: Plan, cfg: StudyConfig, table: pl.DataFrame, target: Path) -> dict[str, Any] | None:
     """The real-minus-synthetic F1 gap per task against its subjectivity: Bradley-Terry scores
     from judgments when given, else the rank each task config carries (1 = most objective)."""
     from localsynth.analysis import taskscores as ts
@@ -288,7 +288,7 @@ def cost_markdown(c: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the report
 
 
-def findings(plan: Plan, cfg: ExperimentConfig, cells: pl.DataFrame, div: pl.DataFrame | None,
+def findings(plan: Plan, cfg: StudyConfig, cells: pl.DataFrame, div: pl.DataFrame | None,
              curves: dict[str, pl.DataFrame]) -> list[verdicts.Verdict]:
     """The paper's four findings as verdicts on this study's numbers (localsynth/verdicts.py)."""
     ranks = {task: data["subjectivity_rank"] for task, data in plan.data.items()}
@@ -310,7 +310,7 @@ def check_complete(plan: Plan) -> None:
         )
 
 
-def write_report(plan: Plan, cfg: ExperimentConfig) -> Path:
+def write_report(plan: Plan, cfg: StudyConfig) -> Path:
     check_complete(plan)
     target = Path(plan.report_dir)
     (target / "subjectivity").mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import os
 
 from localsynth.errors import UserError
 from localsynth.progress import log
-from localsynth.study.config import Analysis, ExperimentConfig
+from localsynth.study.config import Analysis, StudyConfig
 from localsynth.study.plan import Cell, Plan
 from localsynth.study.quality import audit_runs
 
@@ -49,7 +49,7 @@ def generate_runs(plan: Plan, only: list[str] | None = None, analysis: Analysis 
         _free_memory()
 
 
-def run_cell(plan: Plan, cell: Cell, cfg: ExperimentConfig) -> None:
+def run_cell(plan: Plan, cell: Cell, cfg: StudyConfig) -> None:
     """Train (or resume) and evaluate one cell; nothing when its evaluation is done."""
     name = f"cell {cell.index + 1}/{len(plan.cells)} {cell.id}"
     if cell.is_done():
@@ -93,6 +93,6 @@ def _free_memory() -> None:
         pass
 
 
-def run_cells(plan: Plan, cfg: ExperimentConfig, only: Cell | None = None) -> None:
+def run_cells(plan: Plan, cfg: StudyConfig, only: Cell | None = None) -> None:
     for cell in [only] if only is not None else plan.cells:
         run_cell(plan, cell, cfg)
