@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from localsynth.analysis.settings import EmbedSettings
 from localsynth.audit.inputs import AuditInput, load_input, load_reference
 from localsynth.backends.settings import GeneratorConfig
 from localsynth.config import Strict
@@ -55,11 +56,11 @@ class SemdupSettings(Strict):
     threshold: float = Field(default=0.95, gt=0, le=1, description="Embedding cosine of a semantic duplicate.")
 
 
-class EmbeddingSettings(Strict):
+class EmbeddingSettings(EmbedSettings):
+    """The analyses' embedding settings, with the encoder, a shorter text limit and the cache switch."""
+
     model: str | None = Field(default=None, description="Local sentence encoder folder; None: all-MiniLM-L6-v2.")
-    batch_size: int = Field(default=64, ge=1, description="Texts per forward pass.")
     max_length: int = Field(default=128, ge=1, description="Tokens per text.")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     cache: bool = Field(default=True, description="Reuse embeddings cached in $LOCALSYNTH_CACHE/embeddings.")
 
 

@@ -37,10 +37,11 @@ def generate_runs(plan: Plan, only: list[str] | None = None, analysis: Analysis 
                 engine = engines[key] = ReusedBackend(make_backend(cfg.generator))
             if run.is_done():
                 log(f"generation {run.id}: done, skipped")
-            for index in range(run.shards) if not run.is_done() else ():
-                shard = Shard(index, run.shards)
-                log(f"generation {run.id}: shard {shard}")
-                generate_shard(cfg, shard, run.run_dir, backend=engine)
+            else:
+                for index in range(run.shards):
+                    shard = Shard(index, run.shards)
+                    log(f"generation {run.id}: shard {shard}")
+                    generate_shard(cfg, shard, run.run_dir, backend=engine)
             if analysis is not None and analysis.audit:
                 audit_runs(plan, analysis, [run], engine)
     finally:
