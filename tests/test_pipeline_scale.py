@@ -206,6 +206,25 @@ def test_word_hashes_survive_a_hash_collision(monkeypatch):
     assert W.word_hashes(words).tolist() == F.fnv1a_64(words).tolist()
 
 
+def test_sorted_runs_find_every_equal_key_whatever_the_merges():
+    """The index's runs (merged as they grow) answer like one scan of every key added."""
+    from localsynth.generation.accept import SortedRuns
+
+    rng = np.random.default_rng(3)
+    runs, keys, owners = SortedRuns(), [], []
+    for size in [5, 1, 40, 7, 7, 300, 2, 0, 60, 1, 1, 1, 90]:  # merges at several depths
+        new = rng.integers(0, 50, size).astype(np.uint64)  # few values: many equal keys across runs
+        mine = np.arange(len(keys), len(keys) + size)
+        runs.add(new, mine)
+        keys += new.tolist()
+        owners += mine.tolist()
+        probe = rng.integers(0, 60, 25).astype(np.uint64)
+        pos, owner = runs.matches(probe)
+        expected = sorted((p, o) for p, k in enumerate(probe.tolist()) for o, kk in zip(owners, keys) if kk == k)
+        assert sorted(zip(pos.tolist(), owner.tolist())) == expected
+    assert len(runs.runs) < 6 and len(runs) == len(keys)
+
+
 def test_a_failed_background_merge_is_raised_by_the_next_wave(monkeypatch):
     import localsynth.generation.accept as A
 
@@ -215,7 +234,7 @@ def test_a_failed_background_merge_is_raised_by_the_next_wave(monkeypatch):
     def broken(*args):
         raise MemoryError("merge")
 
-    monkeypatch.setattr(A, "_sorted_merge", broken)
+    monkeypatch.setattr(A.SortedRuns, "add", broken)
     decide(index, norms, F.band_keys(norms, 0.8), np.zeros(2, dtype=np.int64), kept, target, True)  # merge starts
     with pytest.raises(MemoryError, match="merge"):
         decide(index, norms, F.band_keys(norms, 0.8), np.zeros(2, dtype=np.int64), kept, target, True)

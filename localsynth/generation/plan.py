@@ -79,6 +79,7 @@ class Wave:
     examples: list[list[Example]] | None
     prompt_key: np.ndarray  # rows with equal (system, user without examples) share a key
     prompt_texts: list[tuple[str, str]]  # (system, user without examples) per key
+    start: int = 0  # the wave's first request in its round
 
     def __len__(self) -> int:
         return self.frame.height
@@ -93,13 +94,10 @@ class Wave:
         return [ChatRequest(ids[i], firsts[i] if history[i] is None else [*history[i], users[i]], seeds[i]) for i in rows]
 
     def messages_column(self) -> pl.Series:
-        """List(Struct{role, content}): first turns built from the columns through Arrow (no
-        Python object per message), later turns (which carry their history) from their lists."""
+        """List(Struct{role, content}): first turns as [system, user] pairs (no Python object
+        per message), later turns (which carry their history) from their lists."""
         n = len(self)
-        contents = self.frame.select(pl.concat_list("system", "user").explode())[:, 0].to_arrow()
-        roles = pa.DictionaryArray.from_arrays(arrow(np.tile(np.array([0, 1], np.int32), n), pl.Int32), arrow(["system", "user"], pl.Utf8))
-        structs = pa.StructArray.from_arrays([roles.cast(pa.large_string()), contents.cast(pa.large_string())], names=["role", "content"])
-        pair = pl.Series(pa.LargeListArray.from_arrays(arrow(np.arange(0, 2 * n + 1, 2), pl.Int64), structs))
+        pair = self._first_turns()
         first = [i for i, h in enumerate(self.history) if h is None]
         if len(first) == n:
             return pair
@@ -108,11 +106,31 @@ class Wave:
         order = np.argsort(np.array(first + later), kind="stable")
         return pl.concat([pair.gather(first), rest]).gather(order)
 
+    def _first_turns(self) -> pl.Series:
+        """Every row's [system, user] pair (right for its first turn). Without examples a first
+        turn's pair is its prompt key's: built once per key and gathered (views, no copies)."""
+        if self.examples is None:
+            keys = len(self.prompt_texts)
+            system, user = zip(*self.prompt_texts, strict=True) if keys else ((), ())
+            frame = {"system": pl.Series(system, dtype=pl.Utf8), "user": pl.Series(user, dtype=pl.Utf8)}
+            return _pairs(pl.DataFrame(frame)).gather(self.prompt_key)
+        return _pairs(self.frame)
+
     def examples_column(self) -> pl.Series:
         if self.examples is not None:
             return string_lists([[e.text for e in ex] for ex in self.examples])
         empty = pa.LargeListArray.from_arrays(arrow(np.zeros(len(self) + 1), pl.Int64), arrow([], pl.Utf8))
         return pl.Series(empty)
+
+
+def _pairs(frame: pl.DataFrame) -> pl.Series:
+    """[system, user] messages of each row of columns system and user, built through Arrow (a
+    Polars struct expression over the rows costs several times more, measured)."""
+    n = frame.height
+    contents = frame.select(pl.concat_list("system", "user").explode())[:, 0].to_arrow()
+    roles = pa.DictionaryArray.from_arrays(arrow(np.tile(np.array([0, 1], np.int32), n), pl.Int32), arrow(["system", "user"], pl.Utf8))
+    structs = pa.StructArray.from_arrays([roles.cast(pa.large_string()), contents.cast(pa.large_string())], names=["role", "content"])
+    return pl.Series(pa.LargeListArray.from_arrays(arrow(np.arange(0, 2 * n + 1, 2), pl.Int64), structs))
 
 
 def _style_columns(task: TaskConfig, labels: list[str], label_code: np.ndarray, seeds: np.ndarray) -> tuple[dict, list[np.ndarray]]:

@@ -18,6 +18,7 @@ checks run in request order across waves, and a conversation's next turn waits f
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -42,14 +43,14 @@ from localsynth.generation.judge import BackendJudge
 from localsynth.generation.plan import Wave, plan_wave
 from localsynth.generation.rows import ShardWriter, Tally, invalid_summary, summarize
 from localsynth.generation.rundir import Shard, ShardPaths, check_config, prepare, shard_lock
-from localsynth.generation.screen import EchoCheck, screen
+from localsynth.generation.screen import EchoCheck, Screened, screen
 from localsynth.io import stop_here_for_tests, write_json_atomic
 from localsynth.progress import GenerationProgress, log
 from localsynth.schema import COMPLETION_SCHEMA, ROW_SCHEMA
 
 # Requests per wave. A multiple of every power-of-two hf.batch_size, and large enough to keep
 # an engine full; a round up to this size is one wave, so small runs batch as they always did.
-WAVE = 65_536
+WAVE = 16_384
 
 
 class ShardIncomplete(RuntimeError):
@@ -143,7 +144,7 @@ class ShardGenerator:
             for i, start in enumerate(starts):
                 wave = ahead.result()
                 ahead = pool.submit(self._plan, starts[i + 1]) if i + 1 < len(starts) else None
-                self._wave_start = start
+                wave.start = start
                 yield wave
 
     def _plan(self, start: int) -> Wave:
@@ -165,19 +166,24 @@ class ShardGenerator:
 
     # ---------------------------------------------------------------- processing
 
-    def process(self, wave: Wave, completions: pl.DataFrame, model: str, backend: str) -> pl.DataFrame:
-        """Rows for one wave, with filter decisions; advances conversations and quotas."""
-        cfg, n = self.cfg, len(wave)
-        # the prompts' columns (Arrow work, no decision in them) are built beside the screening
-        side = ThreadPoolExecutor(1, thread_name_prefix="messages")
-        columns = side.submit(lambda: (wave.examples_column(), wave.messages_column()))
-        side.shutdown(wait=False)  # the thread ends after its one task
+    def screen_wave(self, wave: Wave, completions: pl.DataFrame) -> Screened:
+        """The wave's stateless checks and MinHash band keys: nothing here depends on earlier
+        waves' decisions, so it runs on its own thread while the main one decides the wave
+        before (one screening at a time: the echo check's prompt cache is its own)."""
         with gc_paused():
-            checked = screen(cfg, wave, completions, self.echo)
-            code = self.round[0][self._wave_start : self._wave_start + n]
-            near = cfg.filters.near_duplicate_jaccard
-            keys = F.minhash_band_keys(checked.word_hashes, checked.word_counts, near) if near else None
-        eligible, normalized, reason = checked.eligible, checked.normalized, checked.reason
+            checked = screen(self.cfg, wave, completions, self.echo)
+            near = self.cfg.filters.near_duplicate_jaccard
+            checked.keys = F.minhash_band_keys(checked.word_hashes, checked.word_counts, near) if near else None
+            # the prompts' columns: Arrow work, no decision in them
+            checked.examples, checked.messages = wave.examples_column(), wave.messages_column()
+            return checked
+
+    def decide_wave(self, wave: Wave, checked: Screened, completions: pl.DataFrame, model: str, backend: str) -> pl.DataFrame:
+        """Rows for one screened wave, with filter decisions; advances conversations and quotas.
+        Waves are decided in order: the duplicate checks and quotas see every earlier row."""
+        cfg, n = self.cfg, len(wave)
+        code = self.round[0][wave.start : wave.start + n]
+        eligible, normalized, reason, keys = checked.eligible, checked.normalized, checked.reason, checked.keys
         if self.judge is not None and len(eligible):  # before dedup and quotas: a mismatch takes no room
             mismatch = self.judge.mismatches(checked.text.gather(eligible).to_list(), code[eligible], self.labels)
             for i in eligible[mismatch].tolist():
@@ -208,8 +214,8 @@ class ShardGenerator:
                 "conversation",
                 "turn",
                 "style",
-                columns.result()[0].alias("examples"),
-                columns.result()[1].alias("messages"),
+                checked.examples.alias("examples"),
+                checked.messages.alias("messages"),
                 completions["raw_output"].alias("raw_output"),
                 completions["finish_reason"].alias("finish_reason"),
                 completions["prompt_tokens"].alias("prompt_tokens"),
@@ -224,7 +230,7 @@ class ShardGenerator:
     def _advance(self, wave: Wave, code: np.ndarray, answered: np.ndarray, text: pl.Series) -> None:
         """Next turn of the answered conversations; close the failed, the finished, the
         emptied, and every one of a label whose quota is met."""
-        pos = self.round[1][self._wave_start : self._wave_start + len(wave)]
+        pos = self.round[1][wave.start : wave.start + len(wave)]
         texts = text.to_list() if self.turns > 1 else None
         empty = text.is_null().to_numpy()
         for c in np.unique(code).tolist():
@@ -281,22 +287,37 @@ def _generate_locked(
     if completion_log.table.height:
         log(f"resuming shard {shard}: {completion_log.table.height} finished requests found in {paths.log_dir}")
     writer, tally = ShardWriter(paths.rows), Tally()
+    screener = ThreadPoolExecutor(1, thread_name_prefix="screen")
     start = time.monotonic()
     try:
         with stop_on_sigterm(), finally_flush(completion_log, progress, backend, lambda: state["loaded"]):
             while gen.plan_round():
-                for wave in gen.waves():
-                    completions, from_log = _complete(wave, completion_log, backend, cfg, progress, state)
-                    before = int(gen.kept_n.sum())
-                    rows = gen.process(wave, completions, backend.model_name, backend.name)
-                    with gc_paused():
-                        writer.write(rows)
-                        tally.add(rows, from_log)
-                    progress.update(kept=int(gen.kept_n.sum()) - before)
+                # a wave is screened on a second thread while the main one asks for the next
+                # wave's completions and then decides this one: waves are decided in order
+                pending = None
+                for wave in itertools.chain(gen.waves(), [None]):  # None: decide the last one
+                    ahead = None
+                    if wave is not None:
+                        completions, from_log = _complete(wave, completion_log, backend, cfg, progress, state)
+                        ahead = (wave, completions, from_log, screener.submit(gen.screen_wave, wave, completions))
+                    if pending is not None:
+                        _decide(gen, pending, backend, writer, tally, progress)
+                    pending = ahead
                 gen.rounds += 1
         return _finish(cfg, shard, paths, gen, tally, writer, completion_log, backend, state, start)
     finally:
+        screener.shutdown(cancel_futures=True)
         writer.abort()  # after a commit: nothing left to remove
+
+
+def _decide(gen: ShardGenerator, pending: tuple, backend: Backend, writer: ShardWriter, tally: Tally, progress: GenerationProgress) -> None:
+    wave, completions, from_log, screened = pending
+    before = int(gen.kept_n.sum())
+    rows = gen.decide_wave(wave, screened.result(), completions, backend.model_name, backend.name)
+    with gc_paused():
+        writer.write(rows)
+        tally.add(rows, from_log)
+    progress.update(kept=int(gen.kept_n.sum()) - before)
 
 
 def _complete(

@@ -35,6 +35,9 @@ class Screened:
     normalized: pl.Series  # of the eligible rows
     word_hashes: np.ndarray  # FNV-1a of their words, flat
     word_counts: np.ndarray  # words per eligible row
+    keys: np.ndarray | None = None  # their LSH band keys (near duplicates on)
+    examples: pl.Series | None = None  # the wave's examples and messages columns
+    messages: pl.Series | None = None
 
 
 def _parse_errors(cleaned: pl.Series, error: pl.Series) -> pl.Series:
@@ -45,13 +48,22 @@ def _parse_errors(cleaned: pl.Series, error: pl.Series) -> pl.Series:
     return pl.select(pl.coalesce(error.replace_strict(prefixed, default=None, return_dtype=pl.Utf8), cleaned))[:, 0]
 
 
-def _windows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, first word) of every run of ECHO_WORDS consecutive words inside one text."""
+def _runs(counts: np.ndarray, inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row, first word) of every run of ECHO_WORDS consecutive words inside one text whose
+    words are all `inside` (all words when None). Only the positions of such runs are
+    materialised: with `inside` sparse, a few percent of the words, not one entry per word."""
     n, total = F.ECHO_WORDS, int(counts.sum())
-    row = np.repeat(np.arange(len(counts)), counts)
-    pos = np.arange(total)
-    valid = np.flatnonzero(pos + n <= np.cumsum(counts)[row]) if total else pos
-    return row[valid], valid
+    if total < n:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if inside is None:
+        first = np.arange(total - n + 1)
+    else:
+        seen = np.concatenate(([0], np.cumsum(inside, dtype=np.int64)))
+        first = np.flatnonzero(seen[n:] - seen[:-n] == n)
+    ends = np.cumsum(counts)
+    row = np.searchsorted(ends, first, "right")  # the text of each run's first word
+    keep = first + n <= ends[row]  # and its last word in the same text
+    return row[keep], first[keep]
 
 
 def _folds(hashes: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -89,7 +101,7 @@ class EchoCheck:
             mine = hashes[stop - count : stop]
             self.shingles[key] = F.shingles(text)
             self.vocab[key] = np.unique(mine)
-            self.folds[key] = np.unique(_folds(mine, _windows(np.array([count]))[1]))
+            self.folds[key] = np.unique(_folds(mine, _runs(np.array([count]))[1]))
 
     def rows(self, wave: Wave, rows: np.ndarray, normalized: pl.Series, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Which of `rows` (with their normalized texts and flat word hashes) echo their prompt."""
@@ -102,10 +114,7 @@ class EchoCheck:
         shift[used] = used.astype(np.uint64) * _FOLD[0]  # arrays wrap silently (scalars warn)
         token_shift = shift[np.repeat(keys, counts)]
         in_prompt = _in_table(hashes ^ token_shift, [self.vocab[p] ^ shift[k] for k, p in zip(used, prompts, strict=True)])
-        row, first = _windows(counts)
-        seen = np.concatenate(([0], np.cumsum(in_prompt)))
-        keep = seen[first + F.ECHO_WORDS] - seen[first] == F.ECHO_WORDS
-        row, first = row[keep], first[keep]
+        row, first = _runs(counts, in_prompt)
         folded = _folds(hashes, first) ^ token_shift[first]
         hit = _in_table(folded, [self.folds[p] ^ shift[k] for k, p in zip(used, prompts, strict=True)])
         found = np.unique(row[hit])
