@@ -238,3 +238,67 @@ def test_a_failed_background_merge_is_raised_by_the_next_wave(monkeypatch):
     decide(index, norms, F.band_keys(norms, 0.8), np.zeros(2, dtype=np.int64), kept, target, True)  # merge starts
     with pytest.raises(MemoryError, match="merge"):
         decide(index, norms, F.band_keys(norms, 0.8), np.zeros(2, dtype=np.int64), kept, target, True)
+
+
+def test_prompt_echoes_found_for_a_wave_are_those_of_the_per_row_check():
+    """EchoCheck (word runs found from the prompts' vocabulary, folded, then checked exactly)
+    flags exactly the rows that `filters.echoes_prompt` flags: outputs built from prompt words,
+    so most words are in the prompt and runs cross from one text into the next."""
+    from types import SimpleNamespace
+
+    from localsynth.generation.screen import EchoCheck
+    from localsynth.generation.words import split_words, word_hashes
+
+    rng = random.Random(5)
+    prompts = [("write one sms message", "it is spam about a prize you won call now"),
+               ("write one sms message", "a short note to a friend about dinner tonight")]
+    vocab = " ".join(s + " " + u for s, u in prompts).split() + ["other", "words"]
+    texts, keys = [], []
+    for _ in range(3000):
+        key = rng.randrange(len(prompts))
+        words = rng.choices(vocab, k=rng.randint(1, 14))
+        if rng.random() < 0.2:  # a copied run of the prompt's own words
+            own = prompts[key][1].split()
+            start = rng.randrange(len(own))
+            words[rng.randrange(len(words)):] = own[start : start + rng.randint(4, 8)]
+        texts.append(" ".join(words))
+        keys.append(key)
+    normalized = pl.Series(texts)
+    words, counts = split_words(normalized)
+    wave = SimpleNamespace(prompt_key=np.array(keys), prompt_texts=prompts)
+    found = EchoCheck().rows(wave, np.arange(len(texts)), normalized, word_hashes(words), counts)
+    normalized_prompts = [F.shingles(pl.select(F.normalize_expr(pl.lit(f"{s}\n{u}")))[0, 0]) for s, u in prompts]
+    expected = [i for i, (t, k) in enumerate(zip(texts, keys)) if F.echoes_prompt(t, normalized_prompts[k])]
+    assert 100 < len(expected) < 2900  # both kinds of rows are there
+    assert found.tolist() == expected
+
+
+def test_overlapping_collector_pauses_resume_it_once_the_last_ends():
+    import gc
+    import threading
+
+    from localsynth.generation.gcpause import gc_paused
+
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with gc_paused():
+            inside.set()
+            release.wait(5)
+
+    assert gc.isenabled()
+    worker = threading.Thread(target=other)
+    with gc_paused():
+        worker.start()
+        inside.wait(5)
+    assert not gc.isenabled()  # the other thread's pause still runs
+    release.set()
+    worker.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a collector that was off stays off
+    finally:
+        gc.enable()

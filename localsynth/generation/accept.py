@@ -49,7 +49,7 @@ def matches(keys: np.ndarray, owners: np.ndarray, probe: np.ndarray, order: np.n
 class SortedRuns:
     """64-bit keys and the kept row that owns each, as a few sorted runs (a log-structured
     merge): a wave's keys are sorted once into a new run, and the newest run is merged into the
-    one before while that one is at most twice its size. So a shard holds O(log n) runs and
+    one before while that one is no larger (a binary counter). So a shard holds O(log n) runs and
     each key is merged O(log n) times, where one sorted array would be rewritten whole by
     every wave (O(n) a wave: measured, most of a 10^6-request shard's index time).
 
@@ -68,7 +68,7 @@ class SortedRuns:
     def add(self, keys: np.ndarray, owners: np.ndarray) -> None:
         order = np.argsort(keys)
         run = keys[order], owners[order]
-        while self.runs and len(self.runs[-1][0]) <= 2 * len(run[0]):
+        while self.runs and len(self.runs[-1][0]) <= len(run[0]):
             run = _merge_sorted(*self.runs.pop(), *run)
         self.runs.append(run)
         self.size += len(keys)
@@ -174,8 +174,11 @@ class KeptIndex:
 
 
 def _repeated(values: np.ndarray) -> np.ndarray:
-    """Whether each value occurs more than once (hashed in Rust, not sorted)."""
-    return pl.Series(values).is_duplicated().to_numpy()
+    """Whether each value occurs more than once: found in a sorted copy (a hash table of a
+    wave's 10^5 band keys costs more, measured in the pipeline bench), and usually none are."""
+    ordered = np.sort(values)
+    twice = ordered[1:][ordered[1:] == ordered[:-1]]
+    return np.isin(values, twice) if len(twice) else np.zeros(len(values), dtype=bool)
 
 
 def decide(

@@ -171,7 +171,10 @@ class CompletionLog:
         """Append a chunk of finished requests, one record batch (written before this returns)."""
         if self._writer is None:
             self._open()
-        for batch in frame.to_arrow().cast(_LOG_SCHEMA).to_batches():
+        table = frame.to_arrow()
+        if table.schema != _LOG_SCHEMA:  # Polars' types are the log's: the cast (and the ~50 ms
+            table = table.cast(_LOG_SCHEMA)  # import of pyarrow.compute) is only for other frames
+        for batch in table.to_batches():
             self._writer.write_batch(batch)
         self._file.flush()  # in the OS now: a killed process loses nothing
         self._unsynced = True

@@ -109,7 +109,8 @@ def fnv1a_64(words: pl.Series) -> np.ndarray:
     byte position, over the strings that long: total work ~ total bytes)."""
     arr = words.fill_null("").to_arrow()
     arr = pa.concat_arrays(arr.chunks) if isinstance(arr, pa.ChunkedArray) else arr
-    arr = arr.cast(pa.large_string())
+    if arr.type != pa.large_string():  # (Polars gives large strings: no pyarrow.compute import)
+        arr = arr.cast(pa.large_string())
     n = len(arr)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)

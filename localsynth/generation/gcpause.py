@@ -11,17 +11,29 @@ then: never while a backend or a judge runs, which may make cyclic garbage for m
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+_lock = threading.Lock()
+_paused = 0  # blocks inside a pause, on every thread
+_resume = False  # whether the collector ran when the first of them began
 
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the collector (if it runs) for the block; what it finds waits for the next one."""
-    enabled = gc.isenabled()
-    gc.disable()
+    """Pause the collector (if it runs) for the block; what it finds waits for the next one.
+    Pauses on several threads overlap: the collector resumes when the last of them ends."""
+    global _paused, _resume
+    with _lock:
+        if _paused == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _paused += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _lock:
+            _paused -= 1
+            if _paused == 0 and _resume:
+                gc.enable()

@@ -12,13 +12,15 @@ backend the same rows as an uninterrupted run.
 
 The work is columnar: a round is planned at once (which conversations, in order) and then
 rendered, sent, screened, decided and written in waves of at most WAVE requests, so memory
-holds a wave, not the shard. Splitting a round into waves changes no decision: the stateful
-checks run in request order across waves, and a conversation's next turn waits for the round.
+holds a few waves, not the shard. The stages of successive waves overlap on threads (the next
+wave rendered, earlier ones screened, the last one written, while the main thread sends and
+decides in order). Splitting a round into waves changes no decision: the stateful checks run
+in request order across waves, and a conversation's next turn waits for the round.
 """
 
 from __future__ import annotations
 
-import itertools
+import collections
 import json
 import math
 import shutil
@@ -48,9 +50,14 @@ from localsynth.io import stop_here_for_tests, write_json_atomic
 from localsynth.progress import GenerationProgress, log
 from localsynth.schema import COMPLETION_SCHEMA, ROW_SCHEMA
 
-# Requests per wave. A multiple of every power-of-two hf.batch_size, and large enough to keep
-# an engine full; a round up to this size is one wave, so small runs batch as they always did.
+# Requests per wave: a multiple of every power-of-two hf.batch_size. A wave is screened while
+# the next one is sent, so smaller waves overlap more; an engine drains at the end of each (its
+# last sequences run with the batch emptying: about half a generation length, <1% of a wave of
+# 16,384 at vLLM's 256 sequences at a time).
 WAVE = 16_384
+# Threads that screen waves (stateless work, mostly in Polars and NumPy) while the main thread
+# sends the next waves and decides the earlier ones in order: two keep both cores busy.
+SCREENERS = 2
 
 
 class ShardIncomplete(RuntimeError):
@@ -138,18 +145,18 @@ class ShardGenerator:
         """The round's requests, rendered a wave at a time: the next wave on a second thread
         while the caller sends and decides this one (whose `_advance` touches only its own
         conversations: the next wave's inputs are read before and are the same after)."""
-        starts = list(range(0, len(self.round[0]), WAVE))
+        bounds = wave_bounds(len(self.round[0]))
         with ThreadPoolExecutor(1, thread_name_prefix="plan") as pool:
-            ahead = pool.submit(self._plan, starts[0]) if starts else None
-            for i, start in enumerate(starts):
+            ahead = pool.submit(self._plan, *bounds[0]) if bounds else None
+            for i, (start, _) in enumerate(bounds):
                 wave = ahead.result()
-                ahead = pool.submit(self._plan, starts[i + 1]) if i + 1 < len(starts) else None
+                ahead = pool.submit(self._plan, *bounds[i + 1]) if i + 1 < len(bounds) else None
                 wave.start = start
                 yield wave
 
-    def _plan(self, start: int) -> Wave:
+    def _plan(self, start: int, stop: int) -> Wave:
         codes, positions = self.round
-        code, pos = codes[start : start + WAVE], positions[start : start + WAVE]
+        code, pos = codes[start:stop], positions[start:stop]
         index, turn, history = np.empty(len(code), np.int64), np.empty(len(code), np.int32), []
         for c in np.unique(code).tolist():
             at = code == c
@@ -248,6 +255,11 @@ class ShardGenerator:
             self.conversations[c].open[:] = False
 
 
+def wave_bounds(total: int) -> list[tuple[int, int]]:
+    """(start, stop) of each wave of a round of `total` requests."""
+    return [(start, min(start + WAVE, total)) for start in range(0, total, WAVE)]
+
+
 def generate_shard(
     cfg: GenerateConfig, shard: Shard, run_dir: Path | None = None, backend: Backend | None = None
 ) -> dict[str, Any]:
@@ -287,22 +299,21 @@ def _generate_locked(
     if completion_log.table.height:
         log(f"resuming shard {shard}: {completion_log.table.height} finished requests found in {paths.log_dir}")
     writer, tally = ShardWriter(paths.rows), Tally()
-    screener = ThreadPoolExecutor(1, thread_name_prefix="screen")
+    screener = ThreadPoolExecutor(SCREENERS, thread_name_prefix="screen")
     start = time.monotonic()
     try:
         with stop_on_sigterm(), finally_flush(completion_log, progress, backend, lambda: state["loaded"]):
             while gen.plan_round():
-                # a wave is screened on a second thread while the main one asks for the next
-                # wave's completions and then decides this one: waves are decided in order
-                pending = None
-                for wave in itertools.chain(gen.waves(), [None]):  # None: decide the last one
-                    ahead = None
-                    if wave is not None:
-                        completions, from_log = _complete(wave, completion_log, backend, cfg, progress, state)
-                        ahead = (wave, completions, from_log, screener.submit(gen.screen_wave, wave, completions))
-                    if pending is not None:
-                        _decide(gen, pending, backend, writer, tally, progress)
-                    pending = ahead
+                # waves are screened on other threads while the main one asks for the next
+                # waves' completions and decides the earlier ones, in order
+                pending: collections.deque = collections.deque()
+                for wave in gen.waves():
+                    completions, from_log = _complete(wave, completion_log, backend, cfg, progress, state)
+                    pending.append((wave, completions, from_log, screener.submit(gen.screen_wave, wave, completions)))
+                    if len(pending) > SCREENERS:
+                        _decide(gen, pending.popleft(), backend, writer, tally, progress)
+                while pending:
+                    _decide(gen, pending.popleft(), backend, writer, tally, progress)
                 gen.rounds += 1
         return _finish(cfg, shard, paths, gen, tally, writer, completion_log, backend, state, start)
     finally:

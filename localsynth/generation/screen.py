@@ -8,6 +8,7 @@ reason); the per-row Python ones run only on the few rows that can fail them.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +85,7 @@ class EchoCheck:
     a few percent of an ordinary output's runs."""
 
     def __init__(self):
+        self.lock = threading.Lock()  # waves are screened on more than one thread
         self.shingles: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         self.folds: dict[tuple[str, str], np.ndarray] = {}
         self.vocab: dict[tuple[str, str], np.ndarray] = {}
@@ -108,7 +110,8 @@ class EchoCheck:
         keys = wave.prompt_key[rows]
         used = np.unique(keys)
         prompts = [wave.prompt_texts[k] for k in used.tolist()]
-        self._prompts(prompts)
+        with self.lock:
+            self._prompts(prompts)
         # (prompt, hash) pairs as one set: a prompt's hashes xored with its own key's multiple
         shift = np.zeros(int(used.max()) + 1 if len(used) else 0, np.uint64)
         shift[used] = used.astype(np.uint64) * _FOLD[0]  # arrays wrap silently (scalars warn)
