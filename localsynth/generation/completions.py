@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -96,16 +97,14 @@ def read_log_part(part: Path) -> list[dict[str, Any]]:
     return _read_log_table(part).to_pylist()
 
 
-def completion_frame(ids: list[str], completions: list[Completion]) -> pl.DataFrame:
+_FIELDS = {"raw_output": "text", "finish_reason": "finish_reason", "prompt_tokens": "prompt_tokens",
+           "completion_tokens": "completion_tokens", "error": "error"}
+
+
+def completion_frame(ids: list[str] | pl.Series, completions: Sequence[Completion]) -> pl.DataFrame:
     """Finished requests as columns (COMPLETION_SCHEMA), as logged."""
-    return pl.DataFrame({
-        "id": ids,
-        "raw_output": [c.text for c in completions],
-        "finish_reason": [c.finish_reason for c in completions],
-        "prompt_tokens": [c.prompt_tokens for c in completions],
-        "completion_tokens": [c.completion_tokens for c in completions],
-        "error": [c.error for c in completions],
-    }, schema=COMPLETION_SCHEMA)
+    columns = {name: list(map(attrgetter(field), completions)) for name, field in _FIELDS.items()}
+    return pl.DataFrame({"id": ids, **columns}, schema=COMPLETION_SCHEMA)
 
 
 class CompletionLog:

@@ -34,17 +34,17 @@ _M32 = np.uint64(0xFFFFFFFF)
 
 
 def wave_seeds(run_seed: int, task: str, label: str, conversations: np.ndarray, turns: np.ndarray) -> np.ndarray:
-    """`prompts.derive_seed` for many requests of one label (the shared key prefix hashed once;
-    the digests joined and read as little-endian integers by NumPy)."""
+    """`prompts.derive_seed` for many requests of one label (the shared key prefix hashed once,
+    the "conversation|turn" suffixes formatted by Polars; the digests joined and read as
+    little-endian integers by NumPy)."""
     copy = hashlib.blake2b(f"{run_seed}|{task}|{label}|".encode(), digest_size=8).copy
-
-    def digest(c: int, t: int) -> bytes:
+    suffixes = pl.DataFrame({"c": conversations, "t": turns}).select(pl.format("{}|{}", "c", "t").cast(pl.Binary))[:, 0]
+    digests = []
+    for suffix in suffixes.to_list():
         h = copy()
-        h.update(f"{c}|{t}".encode())
-        return h.digest()
-
-    digests = b"".join(map(digest, conversations.tolist(), turns.tolist()))
-    return (np.frombuffer(digests, dtype="<u8") & np.uint64(0x7FFFFFFF)).astype(np.int64)
+        h.update(suffix)
+        digests.append(h.digest())
+    return (np.frombuffer(b"".join(digests), dtype="<u8") & np.uint64(0x7FFFFFFF)).astype(np.int64)
 
 
 def _mix(state: np.ndarray) -> np.ndarray:

@@ -346,8 +346,9 @@ def _complete(
             requests = wave.requests(todo.tolist())
         for chunk in backend.generate(requests, cfg.generator.sampling):
             with gc_paused():
-                at = [pos for pos, _ in chunk]
-                frame = completion_frame([requests[pos].id for pos in at], [c for _, c in chunk])
+                positions, answers = zip(*chunk, strict=True) if chunk else ((), ())
+                at = np.array(positions, dtype=np.int64)
+                frame = completion_frame(ids.gather(todo[at]), answers)
                 completion_log.add_frame(frame)
                 stop_here_for_tests("after-log-chunk")
                 progress.update(requests=len(chunk), tokens=int(frame["completion_tokens"].sum() or 0))

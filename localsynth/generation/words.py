@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from localsynth.generation import filters as F
+from localsynth.generation.rows import arrow
 
 # Whitespace other than the plain space, as either tokenizer sees it (Rust's Unicode \s, and the
 # separators \x1c-\x1f that Python's str.split() adds): a text with none splits on " ".
@@ -59,11 +61,12 @@ def text_words(text: pl.Series, repeated: bool) -> TextWords:
         hashes = flat.filter(pl.Series(present)).hash(seed=7).to_numpy()
         pair = np.flatnonzero(row[:-1] == row[1:])  # a word and the next one of the same text
         key = (hashes[pair] * np.uint64(0x9E3779B97F4A7C15)) ^ hashes[pair + 1]
-        # a pair hash repeated within a text, found as a repeated (text, pair hash) tag: it bounds
-        # a repeated word pair (collisions only add suspects), and the suspects are done exactly
-        tagged = key ^ (row[pair].astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
-        repeats = row[pair][pl.Series(tagged).is_duplicated().to_numpy()]
-        suspect = np.unique(repeats[~odd[repeats]])
+        pairs = np.bincount(row[pair], minlength=n)
+        # each text's pair hashes as a list: a small hash set per text, not one of 10^6 entries
+        offsets = np.concatenate(([0], np.cumsum(pairs)))
+        distinct = pl.Series(pa.LargeListArray.from_arrays(arrow(offsets, pl.Int64), arrow(key, pl.UInt64))).list.n_unique()
+        # a repeated hash pair bounds a repeated word pair (collisions only add): exact for those
+        suspect = np.flatnonzero((distinct.to_numpy() < pairs) & ~odd)
         if len(suspect):
             share[suspect] = pl.select(F.repeated_share(pl.lit(text.gather(suspect))))[:, 0].to_numpy()
     other = np.flatnonzero(odd)
