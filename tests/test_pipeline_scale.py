@@ -207,22 +207,30 @@ def test_word_hashes_survive_a_hash_collision(monkeypatch):
 
 
 def test_sorted_runs_find_every_equal_key_whatever_the_merges():
-    """The index's runs (merged as they grow) answer like one scan of every key added."""
+    """The index's runs (merged level by level as they grow, behind a bit filter that grows
+    too) answer like one scan of every key added."""
     from localsynth.generation.accept import SortedRuns
 
     rng = np.random.default_rng(3)
     runs, keys, owners = SortedRuns(), [], []
-    for size in [5, 1, 40, 7, 7, 300, 2, 0, 60, 1, 1, 1, 90]:  # merges at several depths
-        new = rng.integers(0, 50, size).astype(np.uint64)  # few values: many equal keys across runs
+    pool = rng.integers(0, 2**63, 400, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # spread over 64 bits
+    for step in range(80):  # merges on two levels
+        size = int(rng.integers(0, 40)) if step % 9 else 2000  # a few large adds grow the filter
+        new = rng.choice(pool, size)  # few values: many equal keys within and across runs
         mine = np.arange(len(keys), len(keys) + size)
         runs.add(new, mine)
         keys += new.tolist()
         owners += mine.tolist()
-        probe = rng.integers(0, 60, 25).astype(np.uint64)
-        pos, owner = runs.matches(probe)
-        expected = sorted((p, o) for p, k in enumerate(probe.tolist()) for o, kk in zip(owners, keys) if kk == k)
-        assert sorted(zip(pos.tolist(), owner.tolist())) == expected
-    assert len(runs.runs) < 6 and len(runs) == len(keys)
+        if step % 7 == 0 or step == 79:
+            probe = np.concatenate((rng.choice(pool, 30), rng.integers(0, 2**63, 30, dtype=np.uint64)))
+            pos, owner = runs.matches(probe)
+            by_key: dict[int, list[int]] = {}
+            for o, k in zip(owners, keys):
+                by_key.setdefault(k, []).append(o)
+            expected = sorted((p, o) for p, k in enumerate(probe.tolist()) for o in by_key.get(k, []))
+            assert sorted(zip(pos.tolist(), owner.tolist())) == expected
+    assert max(level for level, _, _ in runs.runs) == 2 and len(runs.runs) < 2 * SortedRuns.FANOUT
+    assert len(runs) == len(keys)
 
 
 def test_a_failed_background_merge_is_raised_by_the_next_wave(monkeypatch):
