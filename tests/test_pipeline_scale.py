@@ -178,7 +178,7 @@ def test_words_in_one_pass_are_the_filters_values(seed):
     """words.text_words (one split on spaces, the filters' regexes only for texts with other
     whitespace) gives each text's \\S+ count, Python split() count, repeated share and
     normalized text exactly as the per-check expressions do; word hashes are FNV-1a's."""
-    from localsynth.generation.words import split_words, text_words, word_hashes
+    from localsynth.generation.words import text_words
 
     texts = _tricky_texts(seed, 4000)
     series = pl.Series(texts, dtype=pl.Utf8)
@@ -190,20 +190,10 @@ def test_words_in_one_pass_are_the_filters_values(seed):
     plain = pl.select(pl.lit(series).str.to_lowercase().str.replace_all(F.NORMALIZE_RUN, " ").str.strip_chars())[:, 0]
     assert got.normalized.equals(plain, null_equal=True)
     assert not text_words(series, repeated=False).repeated.any()
-    words, counts = split_words(got.normalized)
-    old_words, old_counts = F.split_normalized(got.normalized)
-    assert words.to_list() == old_words.to_list() and counts.tolist() == old_counts.tolist()
-    assert word_hashes(words).tolist() == F.word_hashes(words).tolist()
-
-
-def test_word_hashes_survive_a_hash_collision(monkeypatch):
-    """Two different words under one Polars hash: the exact check sees it and falls back."""
-    from localsynth.generation import words as W
-
-    words = pl.Series(["alpha", "beta", "alpha", "gamma", "beta"])
-    real = pl.Series.hash
-    monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0, *a: real(self, seed, *a) * 0)  # every word collides
-    assert W.word_hashes(words).tolist() == F.fnv1a_64(words).tolist()
+    words, counts = F.split_normalized(got.normalized)
+    assert words.to_list() == [w for t in got.normalized.fill_null("").to_list() for w in t.split(" ")]
+    assert counts.tolist() == [len(t.split(" ")) for t in got.normalized.fill_null("").to_list()]
+    assert F.word_hashes(words).tolist() == F.fnv1a_64(words).tolist()  # hashed once per distinct word
 
 
 def test_sorted_runs_find_every_equal_key_whatever_the_merges():
@@ -255,8 +245,6 @@ def test_prompt_echoes_found_for_a_wave_are_those_of_the_per_row_check():
     from types import SimpleNamespace
 
     from localsynth.generation.screen import EchoCheck
-    from localsynth.generation.words import split_words, word_hashes
-
     rng = random.Random(5)
     prompts = [("write one sms message", "it is spam about a prize you won call now"),
                ("write one sms message", "a short note to a friend about dinner tonight")]
@@ -272,9 +260,9 @@ def test_prompt_echoes_found_for_a_wave_are_those_of_the_per_row_check():
         texts.append(" ".join(words))
         keys.append(key)
     normalized = pl.Series(texts)
-    words, counts = split_words(normalized)
+    words, counts = F.split_normalized(normalized)
     wave = SimpleNamespace(prompt_key=np.array(keys), prompt_texts=prompts)
-    found = EchoCheck().rows(wave, np.arange(len(texts)), normalized, word_hashes(words), counts)
+    found = EchoCheck().rows(wave, np.arange(len(texts)), normalized, F.word_hashes(words), counts)
     normalized_prompts = [F.shingles(pl.select(F.normalize_expr(pl.lit(f"{s}\n{u}")))[0, 0]) for s, u in prompts]
     expected = [i for i, (t, k) in enumerate(zip(texts, keys)) if F.echoes_prompt(t, normalized_prompts[k])]
     assert 100 < len(expected) < 2900  # both kinds of rows are there
@@ -310,3 +298,11 @@ def test_overlapping_collector_pauses_resume_it_once_the_last_ends():
         assert not gc.isenabled()  # a collector that was off stays off
     finally:
         gc.enable()
+
+
+def test_word_hashes_survive_a_hash_collision(monkeypatch):
+    """Two different words under one Polars hash: the exact check sees it and falls back."""
+    words = pl.Series(["alpha", "beta", "alpha", "gamma", "beta"])
+    real = pl.Series.hash
+    monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0, *a: real(self, seed, *a) * 0)  # every word collides
+    assert F.word_hashes(words).tolist() == F.fnv1a_64(words).tolist()

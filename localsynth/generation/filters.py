@@ -294,27 +294,26 @@ def copies_example(normalized: str, examples_normalized: Sequence[str], threshol
     return False
 
 
-def word_ids(words: pl.Series) -> tuple[pl.Series, np.ndarray]:
-    """The distinct strings, and an exact id per string (its position among them): the codes
-    of an Enum of the distinct ones, hashed in Rust rather than a Python dict."""
-    distinct = words.unique()
-    return distinct, words.cast(pl.Enum(distinct)).to_physical().to_numpy().astype(np.int64)
-
-
 def split_normalized(normalized: pl.Series) -> tuple[pl.Series, np.ndarray]:
     """The words of normalized texts split on spaces, flat, and how many each text has (a null
     or empty text is one empty word, as `band_keys` has always hashed it)."""
-    words = normalized.fill_null("").str.split(" ").to_arrow()
-    words = pa.concat_arrays(words.chunks) if isinstance(words, pa.ChunkedArray) else words
-    return pl.Series(words.flatten()), np.asarray(words.value_lengths(), dtype=np.int64)
+    words = normalized.fill_null("").str.split(" ")
+    return words.explode(), words.list.len().to_numpy().astype(np.int64)
 
 
 def word_hashes(words: pl.Series) -> np.ndarray:
-    """FNV-1a of each word, hashed once per distinct word and gathered."""
+    """FNV-1a of each word, hashed once per distinct word (found by Polars' 64-bit hash) and
+    gathered. Exact: every word is compared with its hash's first word (a collision of two
+    different words falls back to hashing every word)."""
     if words.len() == 0:
         return np.zeros(0, dtype=np.uint64)
-    distinct, ids = word_ids(words)
-    return fnv1a_64(distinct)[ids]
+    h = words.hash(seed=5)
+    first = h.is_first_distinct().arg_true()
+    idx = h.replace_strict(h.gather(first), pl.int_range(0, first.len(), eager=True, dtype=pl.Int64), return_dtype=pl.Int64)
+    distinct = words.gather(first)
+    if not (words == distinct.gather(idx)).all():
+        return fnv1a_64(words)
+    return fnv1a_64(distinct)[idx.to_numpy()]
 
 
 def band_keys(normalized: pl.Series, threshold: float = 0.8) -> np.ndarray:

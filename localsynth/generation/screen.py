@@ -19,7 +19,7 @@ from localsynth.generation.completions import error_fix
 from localsynth.generation.config import GenerateConfig
 from localsynth.generation.plan import Wave
 from localsynth.generation.rows import FAILED, INVALID
-from localsynth.generation.words import split_words, text_words, word_hashes
+from localsynth.generation.words import text_words
 
 # Odd multipliers that fold ECHO_WORDS word hashes into one: equal word runs give equal
 # folds, so a fold match finds every echo; the exact check then rules out hash collisions.
@@ -96,8 +96,8 @@ class EchoCheck:
         if not new:
             return
         normalized = pl.select(F.normalize_expr(pl.Series([f"{s}\n{u}" for s, u in new], dtype=pl.Utf8)))[:, 0]
-        words, counts = split_words(normalized)
-        hashes = word_hashes(words)
+        words, counts = F.split_normalized(normalized)
+        hashes = F.word_hashes(words)
         ends = np.cumsum(counts)
         for key, text, stop, count in zip(new, normalized.to_list(), ends.tolist(), counts.tolist(), strict=True):
             mine = hashes[stop - count : stop]
@@ -144,8 +144,8 @@ def screen(cfg: GenerateConfig, wave: Wave, completions: pl.DataFrame, echo: Ech
     pending = pl.select(parse_error.is_null())[:, 0].to_numpy()
     candidates = np.flatnonzero(pending)
     normalized = found.normalized.gather(candidates)
-    words, counts = split_words(normalized)
-    hashes = word_hashes(words)
+    words, counts = F.split_normalized(normalized)
+    hashes = F.word_hashes(words)
     checks = pl.DataFrame({"text": text, "finish_reason": effective}).select(
         F.stateless_reason(filters, cfg.max_words, pl.Series("repeated", found.repeated), pl.Series("words", found.words))
     )

@@ -1,6 +1,6 @@
 """The words of a wave's texts, split once: the word counts and the repeated-pair share that
-the stateless filters need, the normalized texts, and the words' FNV-1a hashes (MinHash,
-duplicates, prompt echoes).
+the stateless filters need, and the normalized texts (split into words by
+`filters.split_normalized` for MinHash, duplicates and prompt echoes).
 
 The filters define words with regular expressions (`\\S+`, Python's `str.split()`), which cost
 a regex pass per check. In a text whose only whitespace is the plain space (most outputs: a
@@ -79,24 +79,3 @@ def text_words(text: pl.Series, repeated: bool) -> TextWords:
         if repeated:
             share[other] = F.repeated_shares(odd_text)
     return TextWords(frame["normalized"], words, py_words, share)
-
-
-def split_words(normalized: pl.Series) -> tuple[pl.Series, np.ndarray]:
-    """`filters.split_normalized` (a null or empty text is one empty word), split in Polars."""
-    words = normalized.fill_null("").str.split(" ")
-    return words.explode(), words.list.len().to_numpy().astype(np.int64)
-
-
-def word_hashes(words: pl.Series) -> np.ndarray:
-    """`filters.word_hashes`: FNV-1a of each distinct word, found by Polars' 64-bit hash and
-    gathered. Exact: every word is compared with its hash's first word (a collision of two
-    different words falls back to the distinct strings themselves)."""
-    if words.len() == 0:
-        return np.zeros(0, dtype=np.uint64)
-    h = words.hash(seed=5)
-    first = h.is_first_distinct().arg_true()
-    idx = h.replace_strict(h.gather(first), pl.int_range(0, first.len(), eager=True, dtype=pl.Int64), return_dtype=pl.Int64)
-    distinct = words.gather(first)
-    if not (words == distinct.gather(idx)).all():
-        return F.word_hashes(words)
-    return F.fnv1a_64(distinct)[idx.to_numpy()]
