@@ -182,7 +182,7 @@ def plan_wave(
     inverse_list = inverse.tolist()
     system_messages = [sys_of_key[k] for k in inverse_list]
     sys_col = pl.Series([m["content"] for m in sys_of_key], dtype=pl.Utf8).gather(inverse)
-    label_names = [labels[c] for c in label_code.tolist()]
+    label_column = pl.Series("label", labels, dtype=pl.Utf8).gather(label_code)
     turns = turn.tolist()
 
     examples = None
@@ -195,6 +195,7 @@ def plan_wave(
         user_col = pl.Series([m["content"] for m in users], dtype=pl.Utf8).gather(inverse)
     else:
         fs = task.few_shot
+        label_names = label_column.to_list()
         style_list = pl.DataFrame(styles).to_dicts() if styles else [{}] * n
         seed_list = seeds.tolist()
         examples = [sample_examples(pool, label_names[i], fs.k, fs.same_label, random.Random(seed_list[i])) for i in range(n)]
@@ -229,11 +230,11 @@ def plan_wave(
         pl.DataFrame(styles).select(pl.struct(pl.all()).struct.json_encode())[:, 0]
         if styles else pl.Series(["{}"] * n, dtype=pl.Utf8)
     )
-    ids = pl.DataFrame({"label": label_names, "c": conversation, "t": turn}).select(
+    ids = pl.DataFrame({"label": label_column, "c": conversation, "t": turn}).select(
         pl.format(f"{task.name}/{{}}/c{{}}/t{{}}", "label", "c", "t")
     )[:, 0]
     frame = pl.DataFrame({
-        "label": pl.Series(label_names, dtype=pl.Utf8),
+        "label": label_column,
         "conversation": pl.Series(conversation, dtype=pl.Int64),
         "turn": pl.Series(turn, dtype=pl.Int32),
         "seed": pl.Series(seeds, dtype=pl.Int64),
