@@ -25,9 +25,9 @@ from localsynth.tasks import (
     template_problems,
 )
 
-# A shard is processed in waves of at most 65,536 requests, but its duplicate index holds every
-# kept text (about 0.6 KB per kept row, bench/README.md "Pipeline overhead"). These bounds keep
-# one shard's index under about 0.6 GB per label and refuse typos such as 1e12 before any work.
+# A shard is processed in waves of at most 16,384 requests, but its duplicate index holds every
+# kept text (about 0.5 KB per kept row, bench/README.md "Pipeline overhead"). These bounds keep
+# one shard's index under about 0.5 GB per label and refuse typos such as 1e12 before any work.
 MAX_PER_LABEL = 10_000_000
 MAX_PER_SHARD = 1_000_000
 
