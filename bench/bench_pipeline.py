@@ -9,9 +9,10 @@ Parquet write of the finished frame, the floor no pipeline avoids.
 processes: overhead seconds (and against the bare write of the same rows), peak memory, the
 completion log's size, and the time to resume a shard killed (os._exit, as kill -9) once 90%
 of its requests were logged; the resumed shard's rows are checked against the uninterrupted
-run's.
+run's. `--keep 0.1` makes ~90% of the answers exact repeats of earlier ones: memory then
+shows what a shard holds besides the kept rows' duplicate index.
 
-    python bench/bench_pipeline.py [--requests 100000] [--sizes 10000,100000,1000000]
+    python bench/bench_pipeline.py [--requests 100000] [--sizes 10000,100000,1000000 [--keep 0.1]]
 """
 
 from __future__ import annotations
@@ -68,17 +69,25 @@ class InstantBackend:
         pass
 
 
-def make_texts(n: int, seed: int = 0) -> list[str]:
+def make_texts(n: int, seed: int = 0, keep: float = 1.0) -> list[str]:
+    """n answers; with keep < 1, each is a new text with probability `keep` and otherwise an
+    exact repeat of an earlier one (dropped as a duplicate), so about that share is kept."""
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(20000)]
-    return [" ".join(rng.choices(vocab, k=rng.randint(8, 30))) for _ in range(n)]
+    texts: list[str] = []
+    for _ in range(n):
+        fresh = keep >= 1.0 or len(texts) < 2 or rng.random() < keep
+        texts.append(" ".join(rng.choices(vocab, k=rng.randint(8, 30))) if fresh else texts[rng.randrange(len(texts))])
+    return texts
 
 
-def config(n: int, run_dir: Path):
+def config(n: int, run_dir: Path, keep: float = 1.0):
+    # with repeats, the quota is not met: no top-up rounds, so a shard is exactly n requests
     return load_generate_config(None, [
         "task=sms_spam",
         f"quota.per_label={n // 2}",
         "quota.overgenerate=1.0",
+        *(["quota.max_topup_rounds=0"] if keep < 1.0 else []),
         "progress=off",
         "flush_every_s=1000",
         "task.conversation.turns=1",
@@ -133,9 +142,9 @@ def _fingerprint(path: Path) -> str:
     return hashlib.sha256(pl.read_parquet(path).sort("id").hash_rows(seed=0).to_numpy().tobytes()).hexdigest()
 
 
-def scale_step(step: str, n: int, run_dir: Path) -> dict:
+def scale_step(step: str, n: int, run_dir: Path, keep: float) -> dict:
     """One measurement in this (fresh) process: 'full', 'kill' (dies at 90%) or 'resume'."""
-    texts = make_texts(int(n * 1.1) + 1000)
+    texts = make_texts(int(n * 1.1) + 1000, keep=keep)
     from localsynth.generation.completions import CompletionLog
 
     log_bytes = {}
@@ -152,10 +161,11 @@ def scale_step(step: str, n: int, run_dir: Path) -> dict:
     backend = InstantBackend(texts, start=logged, chunk=chunk, die_after=int(n * 0.9) if step == "kill" else None)
     base = _rss_mib()
     start = time.perf_counter()
-    stats = generate_shard(config(n, run_dir), Shard(0, 1), run_dir, backend=backend)
+    stats = generate_shard(config(n, run_dir, keep), Shard(0, 1), run_dir, backend=backend)
     seconds = time.perf_counter() - start
     out = {"seconds": seconds, "peak_mib": _peak_mib(), "base_mib": base, "log_bytes": log_bytes.get("bytes"),
-           "from_log": stats["requests_from_log"], "requests": stats["requests"], "rows": _fingerprint(paths.rows)}
+           "from_log": stats["requests_from_log"], "requests": stats["requests"], "kept": stats["kept"],
+           "rows": _fingerprint(paths.rows)}
     rows = pl.read_parquet(paths.rows)
     start = time.perf_counter()
     rows.write_parquet(run_dir / "floor.parquet", compression="zstd")
@@ -163,8 +173,8 @@ def scale_step(step: str, n: int, run_dir: Path) -> dict:
     return out
 
 
-def _child(step: str, n: int, run_dir: Path) -> dict | None:
-    done = subprocess.run([sys.executable, __file__, "--step", step, "--requests", str(n), "--run-dir", str(run_dir)],
+def _child(step: str, n: int, run_dir: Path, keep: float) -> dict | None:
+    done = subprocess.run([sys.executable, __file__, "--step", step, "--requests", str(n), "--run-dir", str(run_dir), "--keep", str(keep)],
                           capture_output=True, text=True)
     if step == "kill":
         assert done.returncode == 137, done.stderr[-2000:]
@@ -173,16 +183,17 @@ def _child(step: str, n: int, run_dir: Path) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def scaling(sizes: list[int]) -> None:
+def scaling(sizes: list[int], keep: float) -> None:
     header()
-    print(f"{'requests':>10} {'overhead s':>10} {'samples/s':>10} {'x bare write':>12} {'peak MiB':>9} {'+ over start':>12} "
+    print(f"answers kept: {'all' if keep >= 1 else f'about {keep:.0%} (the others exact repeats)'}")
+    print(f"{'requests':>10} {'kept':>9} {'overhead s':>10} {'samples/s':>10} {'x bare write':>12} {'peak MiB':>9} {'+ over start':>12} "
           f"{'log MiB':>8} {'log B/req':>9} {'resume s':>9} {'resume peak MiB':>15} {'same rows':>9} {'load':>5}")
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            full = _child("full", n, Path(tmp) / "full")
-            _child("kill", n, Path(tmp) / "killed")
-            resumed = _child("resume", n, Path(tmp) / "killed")
-        print(f"{n:>10,} {full['seconds']:>10.2f} {n / full['seconds']:>10,.0f} {full['seconds'] / full['bare_write_s']:>12.1f} "
+            full = _child("full", n, Path(tmp) / "full", keep)
+            _child("kill", n, Path(tmp) / "killed", keep)
+            resumed = _child("resume", n, Path(tmp) / "killed", keep)
+        print(f"{n:>10,} {full['kept']:>9,} {full['seconds']:>10.2f} {n / full['seconds']:>10,.0f} {full['seconds'] / full['bare_write_s']:>12.1f} "
               f"{full['peak_mib']:>9.0f} {full['peak_mib'] - full['base_mib']:>12.0f} {full['log_bytes'] / 2**20:>8.1f} "
               f"{full['log_bytes'] / n:>9.0f} {resumed['seconds']:>9.2f} {resumed['peak_mib']:>15.0f} "
               f"{'yes' if resumed['rows'] == full['rows'] else 'NO':>9} {os.getloadavg()[0]:>5.2f}", flush=True)
@@ -193,13 +204,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--sizes", help="comma-separated request counts: measure how the cost grows")
+    parser.add_argument("--keep", type=float, default=1.0, help="with --sizes: the share of answers that are new texts")
     parser.add_argument("--step", choices=["full", "kill", "resume"], help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        print(json.dumps(scale_step(args.step, args.requests, args.run_dir)))
+        print(json.dumps(scale_step(args.step, args.requests, args.run_dir, args.keep)))
     elif args.sizes:
-        scaling([int(x) for x in args.sizes.split(",")])
+        scaling([int(x) for x in args.sizes.split(",")], args.keep)
     else:
         overhead(args.requests)
 
