@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from localsynth.generation import filters as F
+from localsynth.generation.columns import series
 
 
 def _merge_sorted(keys: np.ndarray, owners: np.ndarray, new_keys: np.ndarray, new_owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +178,7 @@ class KeptIndex:
         owners = np.arange(self.texts.len(), self.texts.len() + len(hashes), dtype=np.int64)
         # A copy of just these strings: a gathered string column shares its wave's buffers, so
         # keeping a tenth of each wave would hold every wave's texts (measured: 10x the bytes).
-        self.texts.append(pl.Series(normalized.to_arrow()))
+        self.texts.append(series(normalized.to_arrow()).rename(self.texts.name))
         self.hashes.add(hashes, owners)
         if keys is not None:
             self.bands.add(keys.ravel(), np.repeat(owners, keys.shape[1]))

@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from localsynth.backends.base import ChatRequest
+from localsynth.generation.columns import arrow, message_lists, series, string_lists
 from localsynth.generation.prompts import (
     Example,
     Message,
@@ -27,7 +28,6 @@ from localsynth.generation.prompts import (
     system_message,
     user_turn,
 )
-from localsynth.generation.rows import arrow, message_lists, string_lists
 from localsynth.tasks import TaskConfig
 
 _M32 = np.uint64(0xFFFFFFFF)
@@ -129,7 +129,7 @@ def _pairs(frame: pl.DataFrame) -> pl.Series:
     contents = frame.select(pl.concat_list("system", "user").explode())[:, 0].to_arrow()  # large strings
     roles = pl.Series(["system", "user"], dtype=pl.Utf8).gather(np.tile(np.array([0, 1], np.int64), n)).to_arrow()
     structs = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
-    return pl.Series(pa.LargeListArray.from_arrays(arrow(np.arange(0, 2 * n + 1, 2), pl.Int64), structs))
+    return series(pa.LargeListArray.from_arrays(arrow(np.arange(0, 2 * n + 1, 2), pl.Int64), structs))
 
 
 def _style_columns(task: TaskConfig, labels: list[str], label_code: np.ndarray, seeds: np.ndarray) -> tuple[dict, list[np.ndarray]]:

@@ -1,9 +1,8 @@
-"""What a shard writes besides its conversations: row columns built through Arrow, the shard's
-stats, and the summary of requests that failed for good."""
+"""What a shard writes: its rows streamed to Parquet, its stats, and the summary of requests
+that failed for good."""
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from localsynth.generation.completions import error_fix
@@ -22,31 +20,6 @@ if TYPE_CHECKING:
     from localsynth.generation.run import ShardGenerator
 
 FAILED, INVALID = "request_failed", "request_invalid"  # parse_error prefixes: asking again may work / cannot
-
-def arrow(values, dtype: pl.DataType) -> pa.Array:
-    """An Arrow array through Polars: `pa.array` on Python or NumPy data imports pandas (~0.3 s
-    at the first call, measured), Polars' conversion does not."""
-    return pl.Series(values, dtype=dtype).to_arrow()
-
-
-def _offsets(lists: list[list]) -> pa.Array:
-    return arrow(list(itertools.accumulate((len(x) for x in lists), initial=0)), pl.Int64)
-
-
-def string_lists(lists: list[list[str]]) -> pl.Series:
-    """A List(Utf8) column built through Arrow: polars' per-row conversion of nested Python
-    values costs ~100x more (measured in bench/bench_pipeline.py)."""
-    flat = arrow([s for x in lists for s in x], pl.Utf8)
-    return pl.Series(pa.LargeListArray.from_arrays(_offsets(lists), flat))
-
-
-def message_lists(lists: list[list[dict[str, str]]]) -> pl.Series:
-    """A List(Struct{role, content}) column, built through Arrow for the same reason."""
-    roles = arrow([m["role"] for x in lists for m in x], pl.Utf8)
-    contents = arrow([m["content"] for x in lists for m in x], pl.Utf8)
-    structs = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
-    return pl.Series(pa.LargeListArray.from_arrays(_offsets(lists), structs))
-
 
 class Tally:
     """What the shard's stats need from its rows, added up a wave at a time (the rows

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from localsynth.generation import filters as F
-from localsynth.generation.rows import arrow
+from localsynth.generation.columns import arrow, series
 
 # Whitespace other than the plain space, as either tokenizer sees it (Rust's Unicode \s, and the
 # separators \x1c-\x1f that Python's str.split() adds): a text with none splits on " ".
@@ -64,7 +64,7 @@ def text_words(text: pl.Series, repeated: bool) -> TextWords:
         pairs = np.bincount(row[pair], minlength=n)
         # each text's pair hashes as a list: a small hash set per text, not one of 10^6 entries
         offsets = np.concatenate(([0], np.cumsum(pairs)))
-        distinct = pl.Series(pa.LargeListArray.from_arrays(arrow(offsets, pl.Int64), arrow(key, pl.UInt64))).list.n_unique()
+        distinct = series(pa.LargeListArray.from_arrays(arrow(offsets, pl.Int64), arrow(key, pl.UInt64))).list.n_unique()
         # a repeated hash pair bounds a repeated word pair (collisions only add): exact for those
         suspect = np.flatnonzero((distinct.to_numpy() < pairs) & ~odd)
         if len(suspect):
