@@ -91,6 +91,8 @@ class Wave:
     def requests(self, rows: list[int]) -> list[ChatRequest]:
         ids, seeds = self.frame["id"].to_list(), self.frame["seed"].to_list()
         firsts, users, history = self.first_messages, self.user_messages, self.history
+        if len(rows) == len(self) and not any(history):  # a whole wave of first turns (most waves)
+            return list(map(ChatRequest, ids, firsts, seeds))
         return [ChatRequest(ids[i], firsts[i] if history[i] is None else [*history[i], users[i]], seeds[i]) for i in rows]
 
     def messages_column(self) -> pl.Series:
