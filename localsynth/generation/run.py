@@ -175,8 +175,8 @@ class ShardGenerator:
 
     def screen_wave(self, wave: Wave, completions: pl.DataFrame) -> Screened:
         """The wave's stateless checks and MinHash band keys: nothing here depends on earlier
-        waves' decisions, so it runs on its own thread while the main one decides the wave
-        before (one screening at a time: the echo check's prompt cache is its own)."""
+        waves' decisions, so waves are screened on SCREENERS threads while the main one decides
+        the earlier ones (the echo check's prompt cache takes a lock)."""
         with gc_paused():
             checked = screen(self.cfg, wave, completions, self.echo)
             near = self.cfg.filters.near_duplicate_jaccard
@@ -322,6 +322,7 @@ def _generate_locked(
 
 
 def _decide(gen: ShardGenerator, pending: tuple, backend: Backend, writer: ShardWriter, tally: Tally, progress: GenerationProgress) -> None:
+    """Decide a screened wave (the oldest pending one) and hand its rows to the writer."""
     wave, completions, from_log, screened = pending
     before = int(gen.kept_n.sum())
     rows = gen.decide_wave(wave, screened.result(), completions, backend.model_name, backend.name)
