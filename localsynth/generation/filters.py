@@ -152,9 +152,9 @@ def clean(raw: pl.Series) -> pl.DataFrame:
     if broken.len():
         text = text.scatter(broken, text.gather(broken).str.replace(_TRAILING_NOTE, ""))
     stripped = (
-        pl.col("raw").str.replace(_FIELD_PREFIX, "").str.strip_chars().str.strip_chars(_QUOTES).str.strip_chars()
+        pl.col("text").str.replace(_FIELD_PREFIX, "").str.strip_chars().str.strip_chars(_QUOTES).str.strip_chars()
     )
-    df = pl.DataFrame({"raw": text}).select(stripped.alias("text"))
+    df = pl.DataFrame({"text": text}).select(stripped)
     empty = pl.col("text").is_null() | (pl.col("text").str.len_chars() == 0)
     return df.select(
         pl.when(empty).then(None).otherwise(pl.col("text")).alias("text"),
